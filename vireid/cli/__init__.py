@@ -1,0 +1,66 @@
+"""The ``vireid`` command line: thin argument parsing that calls the Python API.
+
+Each command lives in its own module of this package and exposes ``NAME``, ``HELP`` (one line for ``--help``),
+``add_arguments(parser)`` and ``run(args) -> int``. Heavy imports (torch, models) happen inside ``run`` so that
+``vireid --help`` stays instant.
+
+Errors caused by bad input are :class:`vireid.errors.VireidError`; they are printed as one line
+(``vireid: error: ...``) with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from types import ModuleType
+
+from vireid import __version__
+from vireid.errors import VireidError
+
+# Commands are discovered from the modules of this package; this is their order in ``vireid --help``
+# (the main job first, then the research loop, then practitioner tools, then utilities). Unlisted ones come last.
+_ORDER = (
+    "demo", "train", "test", "evaluate", "synth", "data", "extract", "search", "report", "calibrate", "export",
+    "config",
+)
+
+
+def _load_commands() -> list[ModuleType]:
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    mods = [importlib.import_module(f"vireid.cli.{name}") for name in names]
+    mods = [m for m in mods if hasattr(m, "NAME") and hasattr(m, "run")]
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    return sorted(mods, key=lambda m: (rank.get(m.NAME, len(rank)), m.NAME))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vireid",
+        description="vireid: visible-infrared person re-identification toolkit.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vireid {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for mod in _load_commands():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except VireidError as exc:
+        print(f"vireid: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vireid: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,292 @@
+"""Typed configs: dataclasses, YAML files, dotted overrides, validation with actionable messages.
+
+A config file is YAML whose keys mirror the dataclasses below. Unknown keys and wrongly typed values are errors that
+name the key, the file and what is allowed::
+
+    cfg = load_config("configs/demo.yaml", overrides=["train.epochs=5", "data.root=/data/SYSU-MM01"])
+
+Modules below the command line never see these objects: :mod:`vireid.build` translates a config into plain
+constructor arguments in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from vireid.errors import ConfigError
+
+DatasetName = Literal["sysu_mm01", "regdb", "sysu_mm02", "llcm", "market1501", "market1501_gen"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to read and how images are prepared."""
+
+    dataset: DatasetName = "sysu_mm01"
+    root: str = "data/SYSU-MM01"
+    trial: int = 1
+    """RegDB trial 1..10: the model trains on train_*_{trial} and is tested on test_*_{trial}."""
+    target: Literal["sysumm01", "sysumm02", "regdb"] = "sysumm01"
+    """market1501_gen: which fake-IR twin folders to pair with the originals."""
+    labels: Literal["pseudo", "ground_truth"] = "pseudo"
+    """market1501_gen: pplr pseudo labels (AML) or Market's own ground-truth labels."""
+    height: int = 288
+    width: int = 144
+    cache_dir: str | None = None
+    """Where decoded-image caches live; None = ``$VIREID_CACHE`` or ``~/.cache/vireid``."""
+    workers: int = 2
+
+    def validate(self, key: str) -> None:
+        _check(self.trial >= 1 and self.trial <= 10, f"{key}.trial", self.trial, "an integer in 1..10")
+        _check(self.height > 0 and self.width > 0, f"{key}.height/width", (self.height, self.width), "positive sizes")
+        _check(self.workers >= 0, f"{key}.workers", self.workers, "an integer >= 0")
+
+
+@dataclass
+class SamplerConfig:
+    """How batches are drawn (SPEC 3: P identities x K RGB + K IR; SPEC 6: anchor + other cameras)."""
+
+    kind: Literal["cross_modal", "aml", "random"] = "cross_modal"
+    num_ids: int = 8
+    num_instances: int = 4
+    """cross_modal: images per modality per identity; aml: images per identity (anchor included)."""
+
+    def validate(self, key: str) -> None:
+        _check(self.num_ids >= 1, f"{key}.num_ids", self.num_ids, "an integer >= 1")
+        _check(self.num_instances >= 1, f"{key}.num_instances", self.num_instances, "an integer >= 1")
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (SPEC 3-6). Probabilities are in 0..1."""
+
+    pad: int = 10
+    flip: float = 0.5
+    erasing: float = 0.5
+    erasing_area: tuple[float, float] = (0.02, 0.4)
+    erasing_ratio: float = 0.3
+    erasing_fill: Literal["imagenet_mean", "zero", "random", "channel"] = "imagenet_mean"
+    channel_exchange: bool = False
+    adaptive_gray: float = 0.0
+    color_jitter: tuple[float, float] = (0.0, 0.0)
+    """(brightness, contrast) for ColorJitter; (0, 0) disables it."""
+
+    def validate(self, key: str) -> None:
+        for name in ("flip", "erasing", "adaptive_gray"):
+            v = getattr(self, name)
+            _check(0.0 <= v <= 1.0, f"{key}.{name}", v, "a probability in [0, 1]")
+        lo, hi = self.erasing_area
+        _check(0.0 < lo <= hi < 1.0, f"{key}.erasing_area", self.erasing_area, "[min, max] with 0 < min <= max < 1")
+        _check(self.pad >= 0, f"{key}.pad", self.pad, "an integer >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule shared by the recipes (each recipe documents its own values)."""
+
+    epochs: int = 81
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_epochs: int = 10
+    milestones: list[int] = field(default_factory=lambda: [20, 50])
+    gamma: float = 0.1
+
+    def validate(self, key: str) -> None:
+        _check(self.epochs >= 1, f"{key}.epochs", self.epochs, "an integer >= 1")
+        _check(self.lr > 0, f"{key}.lr", self.lr, "a positive number")
+        _check(self.milestones == sorted(self.milestones), f"{key}.milestones", self.milestones, "ascending epochs")
+
+
+@dataclass
+class Config:
+    """Top-level config: one per run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    output_dir: str = "runs/default"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading, overrides, dumping
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config value {key}={value!r} is invalid: expected {expected}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config) -> Any:
+    """Read a YAML config (or start from defaults when ``path`` is None), apply ``a.b=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found; pass the path of a YAML file such as configs/demo.yaml")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{p}{line}: invalid YAML ({problem}); fix the syntax") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (data:, train:, ...), got {type(loaded).__name__}")
+        raw = loaded
+    for ov in overrides or []:
+        apply_override(raw, ov)
+    return from_dict(cls, raw, source=source)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into (["a", "b"], parsed value); the value is parsed as YAML (``5``, ``0.1``, ``[1, 2]``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.subkey=value (e.g. train.epochs=5)")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key; write it as key.subkey=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_override(raw: dict[str, Any], text: str) -> None:
+    """Set a dotted key inside a nested dict (creating sections as needed); type checks happen in from_dict."""
+    parts, value = parse_override(text)
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {text!r}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, data: Any, source: str = "<config>", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking every key and value type; then run ``validate``."""
+    where = f"{source}: " if source else ""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}'{prefix or '<top>'}' must be a mapping, got {_show(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}unknown config key '{full}'; known keys{' in ' + prefix[:-1] if prefix else ''}: {known}")
+        kwargs[key] = _coerce(hints[key], value, full, source)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate(prefix[:-1] if prefix else cls.__name__)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}{exc}") from None
+    return obj
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    where = f"{source}: " if source else ""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, source, prefix=f"{key}.")
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{where}config key '{key}' = {value!r} is not allowed; allowed values: {allowed}")
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, source)
+            except ConfigError as exc:
+                errors.append(exc)
+        names = " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args)
+        raise ConfigError(f"{where}config key '{key}' expects {names}, got {_show(value)}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}config key '{key}' expects a list, got {_show(value)}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}config key '{key}' expects {len(args)} values, got {len(value)}: {value!r}")
+            return tuple(_coerce(a, v, f"{key}[{i}]", source) for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}config key '{key}' expects a mapping, got {_show(value)}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}config key '{key}' expects true or false, got {_show(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}config key '{key}' expects an integer, got {_show(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}config key '{key}' expects a number, got {_show(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}config key '{key}' expects a string, got {_show(value)}")
+    raise ConfigError(f"{where}config key '{key}': unsupported type {tp!r}")  # a schema bug, not user input
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples become lists, so it round-trips through YAML/JSON)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    """The resolved config as YAML text (what ``vireid config show`` prints and checkpoints carry)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
