@@ -189,7 +189,7 @@ def from_dict(cls: type, data: Any, source: str = "<config>", prefix: str = "") 
     """Build dataclass ``cls`` from a nested dict, checking every key and value type; then run ``validate``."""
     where = f"{source}: " if source else ""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}'{prefix or '<top>'}' must be a mapping, got {_show(data)}")
+        raise ConfigError(f"{where}'{prefix[:-1] or '<top>'}' must be a mapping, got {_show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -253,6 +253,9 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         return dict(value)
     if tp is Any:
         return value
+    if isinstance(value, dict):
+        wanted = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, "a value")
+        raise ConfigError(f"{where}config key '{key}' is a value, not a section; give it {wanted}")
     if tp is bool:
         if isinstance(value, bool):
             return value
