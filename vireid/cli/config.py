@@ -6,7 +6,7 @@ import argparse
 import json
 
 NAME = "config"
-HELP = "Show a resolved config (defaults, file and --set overrides) after validation."
+HELP = "Show a config resolved from defaults, a YAML file and --set overrides."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
