@@ -1,0 +1,359 @@
+"""Shared parsing machinery: problem collection, safe relative paths, list files, id files, image checks.
+
+Every parser reports what is wrong with a layout as :class:`~vireid.data.records.Problem` objects collected in a
+:class:`ProblemLog` instead of stopping at the first one, so ``vireid data check`` can list everything that needs
+fixing in one run. :func:`finish` turns the collected problems into a :class:`~vireid.errors.DataError` when the
+caller asked for a strict load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from vireid.data.images import IMAGE_EXTENSIONS
+from vireid.data.records import CrossModalDataset, Problem, Sample, Severity
+from vireid.errors import DataError
+
+# Image checks: a progress bar above this many images; at most this many individual "converted to RGB" warnings
+# per image mode (the rest are summarised in one warning, so a dataset of 1-channel BMPs stays readable).
+PROGRESS_THRESHOLD = 200
+MAX_CONVERSION_WARNINGS = 10
+
+
+class ProblemLog:
+    """Collects the problems of one parse, in the order they were found."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def error(self, message: str, file: str | None = None, line: int | None = None) -> None:
+        self.add("error", message, file, line)
+
+    def warning(self, message: str, file: str | None = None, line: int | None = None) -> None:
+        self.add("warning", message, file, line)
+
+    def add(self, severity: Severity, message: str, file: str | None = None, line: int | None = None) -> None:
+        self.problems.append(Problem(severity, message, file, line))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(p.severity == "error" for p in self.problems)
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """Options every parser receives; each parser reads only those that apply to its dataset.
+
+    Attributes:
+        trial: RegDB trial 1..10.
+        target: market1501_gen twin set: ``sysumm01``, ``sysumm02`` or ``regdb``.
+        labels: market1501_gen training labels: ``pseudo`` (pplr_pseudo_labels.pth) or ``ground_truth``.
+    """
+
+    trial: int = 1
+    target: str = "sysumm01"
+    labels: str = "pseudo"
+
+
+def check_root(root: str | Path) -> Path:
+    """Return ``root`` as a Path, raising a one-line DataError when it is not an existing folder."""
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: dataset root does not exist; pass the folder that holds the dataset")
+    if not path.is_dir():
+        raise DataError(f"{path}: dataset root is not a folder; pass the folder that holds the dataset")
+    return path
+
+
+def finish(dataset: CrossModalDataset, *, strict: bool, name: str) -> CrossModalDataset:
+    """In strict mode, raise the first error-severity problem (warnings never raise); else return ``dataset``."""
+    if not strict:
+        return dataset
+    errors = dataset.errors
+    if not errors:
+        return dataset
+    others = len(dataset.problems) - 1
+    message = str(errors[0])
+    if others:
+        noun = "problem" if others == 1 else "problems"
+        message += (
+            f" (and {others} more {noun}; run `vireid data check {dataset.root} --dataset {name}` to list them)"
+        )
+    raise DataError(message)
+
+
+# --------------------------------------------------------------------------------------------------- layouts
+# What each dataset's root looks like, used to say "this looks like RegDB" when the user picked the wrong parser.
+_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "sysu_mm01": ("cam1", "cam3", "exp"),
+    "regdb": ("Visible", "Thermal", "idx"),
+    "sysu_mm02": ("train.txt", "test_rgb.txt", "test_ir.txt"),
+    "llcm": ("train_vis", "train_nir", "test_vis", "test_nir"),
+    "market1501_gen": ("market1501_train", "market1501_test"),
+    "market1501": ("bounding_box_train", "bounding_box_test", "query"),
+}
+
+
+DISPLAY = {"sysu_mm01": "SYSU-MM01", "regdb": "RegDB", "sysu_mm02": "SYSU-MM02", "llcm": "LLCM",
+           "market1501": "Market-1501", "market1501_gen": "market1501_gen"}
+
+
+def guess_layout(root: Path) -> str | None:
+    """Name of the dataset whose characteristic top-level entries all exist in ``root`` (None if none does)."""
+    for name, entries in _SIGNATURES.items():
+        if all((root / e).exists() for e in entries):
+            return name
+    return None
+
+
+class LayoutError(DataError):
+    """The root does not have the chosen dataset's layout at all (nothing further can be checked)."""
+
+
+def wrong_layout(root: Path, what: str, dataset: str, expected: str) -> LayoutError:
+    """A LayoutError for a root that does not have the dataset's layout at all, naming a better guess if any."""
+    guess = guess_layout(root)
+    hint = f" (it looks like {DISPLAY[guess]}: use --dataset {guess})" if guess and guess != dataset else ""
+    return LayoutError(f"{what} in {root}; is this {DISPLAY.get(dataset, dataset)}?{hint} expected layout: {expected}")
+
+
+# ------------------------------------------------------------------------------------------------ safe paths
+def unsafe_reason(rel: str) -> str | None:
+    """Why ``rel`` may not be used as a path relative to the dataset root (None when it is fine).
+
+    Rejects absolute paths (POSIX or Windows), ``..`` components and backslash separators: every path in a list
+    file must name a file inside the root, spelled with ``/``.
+    """
+    if not rel:
+        return "empty path"
+    if "\\" in rel:
+        return f"path '{rel}' uses '\\' separators; use '/'"
+    if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or PureWindowsPath(rel).drive:
+        return f"path '{rel}' is absolute; paths must be relative to the dataset root"
+    if ".." in PurePosixPath(rel).parts:
+        return f"path '{rel}' escapes the dataset root ('..'); paths must stay inside it"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ list files
+@dataclass(frozen=True)
+class ListRow:
+    """One parsed line of a list file: its 1-based number, the relative image path and the integer columns."""
+
+    line: int
+    path: str
+    values: tuple[int, ...]
+
+
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+def read_list_file(
+    root: Path, rel: str, columns: Sequence[str], log: ProblemLog, *, what: str
+) -> list[ListRow] | None:
+    """Read ``root/rel``: lines ``<relpath> <int> ...`` with the integer ``columns`` named (e.g. ``("label",)``).
+
+    Returns the valid rows in file order; every bad line is reported to ``log`` with its line number and left out
+    of the result (so a collect-mode parse can go on). Returns None when the file is missing or unreadable.
+    A missing trailing newline and Windows line ends are accepted.
+
+    Args:
+        root: dataset root; paths in the file are relative to it.
+        rel: the list file, relative to ``root`` (used as the file name in problems).
+        columns: names of the integer columns after the path, for messages.
+        log: where problems go.
+        what: what the file should list, for the "missing file" message (e.g. "the visible training images").
+    """
+    fmt = "'<relpath> " + " ".join(f"<{c}>" for c in columns) + "'"
+    path = root / rel
+    if not path.is_file():
+        log.error(f"missing; it should list {what}, one {fmt} per line", rel)
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        log.error(f"not UTF-8 text ({exc.reason} at byte {exc.start}); it should hold {fmt} lines", rel)
+        return None
+    except OSError as exc:
+        log.error(f"cannot read ({exc.strerror}); check its permissions", rel)
+        return None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start an empty one
+    if not lines:
+        log.error(f"empty; it should list {what}, one {fmt} per line", rel)
+        return None
+    rows: list[ListRow] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\r")
+        if not line.strip():
+            log.error(f"empty line; remove it (expected {fmt})", rel, number)
+            continue
+        key = line.strip()
+        if key in seen:
+            log.error(
+                f"line {number} duplicates line {seen[key]}; remove it (duplicates change the protocol's counts)",
+                rel, number,
+            )
+            continue
+        seen[key] = number
+        fields = line.split()
+        if len(fields) == 1 and len(columns) >= 1:
+            log.error(f"line without a {columns[0]}: '{line.strip()}'; expected {fmt}", rel, number)
+            continue
+        if len(fields) != 1 + len(columns):
+            log.error(f"expected {1 + len(columns)} columns {fmt}, found {len(fields)}: '{line.strip()}'", rel, number)
+            continue
+        values: list[int] = []
+        for name, token in zip(columns, fields[1:]):
+            if not _INT.match(token):
+                log.error(f"{name} '{token}' is not an integer; expected {fmt}", rel, number)
+                break
+            values.append(int(token))
+        else:
+            image = fields[0]
+            reason = unsafe_reason(image)
+            if reason is not None:
+                log.error(reason, rel, number)
+                continue
+            if not (root / image).is_file():
+                log.error(f"image '{image}' does not exist under the dataset root; fix the path or the root", rel, number)
+                continue
+            rows.append(ListRow(number, image, tuple(values)))
+    return rows
+
+
+def read_id_file(root: Path, rel: str, log: ProblemLog, *, what: str) -> list[int] | None:
+    """Read an id file: ONE line of comma-separated integers, with or without a trailing newline.
+
+    Returns the ids in file order (bad tokens reported and left out, every line still read so that later checks
+    can go on), or None when the file is missing or unreadable. Duplicate ids are errors.
+    """
+    expected = "expected ONE line of comma-separated integers, no spaces (e.g. 1,2,4)"
+    path = root / rel
+    if not path.is_file():
+        log.error(f"missing; it should hold {what} as ONE line of comma-separated integers (e.g. 1,2,4)", rel)
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        log.error(f"cannot read ({exc}); {expected}", rel)
+        return None
+    if not text.strip():
+        log.error(f"empty; it should hold {what}; {expected}", rel)
+        return None
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    lines = [ln.rstrip("\r") for ln in lines]
+    if len(lines) > 1:
+        log.error(f"{expected}, found {len(lines)} lines; join them with commas", rel, 2)
+    ids: list[int] = []
+    first_seen: dict[int, int] = {}
+    bad_seen = len(lines) > 1
+    for number, line in enumerate(lines, start=1):
+        tokens = line.split(",")
+        bad = [t for t in tokens if not t.isdigit() or not t.isascii()]
+        if bad:
+            bad_seen = True
+            more = f" ({len(bad)} bad tokens in all)" if len(bad) > 1 else ""
+            log.error(f"bad token '{bad[0]}'{more}; {expected}", rel, number)
+        for token in tokens:
+            if token.isdigit() and token.isascii():
+                value = int(token)
+                if value in first_seen:
+                    log.error(f"id {value} is listed twice; remove one", rel, number)
+                    continue
+                first_seen[value] = number
+                ids.append(value)
+    if not ids and not bad_seen:
+        log.error(f"holds no ids; {expected}", rel)
+    return ids
+
+
+# ------------------------------------------------------------------------------------------------- folders
+def list_images(folder: Path) -> list[str]:
+    """Sorted names of the image files directly in ``folder`` (by extension, case-insensitive)."""
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def list_dirs(folder: Path) -> list[str]:
+    """Sorted names of the sub-folders of ``folder``."""
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_dir())
+
+
+def stray_files(folder: Path) -> list[str]:
+    """Sorted names of non-hidden files in ``folder`` that are not images (reported, never silently ignored)."""
+    with os.scandir(folder) as it:
+        return sorted(
+            e.name for e in it
+            if e.is_file() and not e.name.startswith(".") and not e.name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+
+
+# -------------------------------------------------------------------------------------------------- images
+def check_images(root: Path, samples: Iterable[Sample], log: ProblemLog) -> int:
+    """Decode every image of ``samples`` (and their twins) once; report corrupt files and non-RGB modes.
+
+    A corrupt or truncated file is an error. A 1-channel, RGBA, palette or 16-bit image is a warning: it is
+    handled (:func:`vireid.data.images.load_image` converts it to RGB) but worth knowing about. Returns the number
+    of images checked.
+    """
+    from tqdm import tqdm
+
+    paths: list[str] = []
+    seen: set[str] = set()
+    for s in samples:
+        for p in (s.path, s.twin):
+            if p is not None and p not in seen:
+                seen.add(p)
+                paths.append(p)
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda rel: _check_one(root, rel), paths)
+        bar = tqdm(results, total=len(paths), desc="checking images", unit="img",
+                   disable=len(paths) <= PROGRESS_THRESHOLD, leave=False)
+        converted: dict[str, list[str]] = {}
+        for rel, (kind, detail) in zip(paths, bar):
+            if kind == "error":
+                log.error(detail, rel)
+            elif kind == "mode":
+                converted.setdefault(detail, []).append(rel)
+    for mode, rels in converted.items():
+        for rel in rels[:MAX_CONVERSION_WARNINGS]:
+            log.warning(f"mode {mode} image converted to RGB", rel)
+        if len(rels) > MAX_CONVERSION_WARNINGS:
+            log.warning(f"{len(rels) - MAX_CONVERSION_WARNINGS} more mode {mode} images converted to RGB (not listed)")
+    return len(paths)
+
+
+def _check_one(root: Path, rel: str) -> tuple[str, str]:
+    """("ok", ""), ("mode", MODE) for a decodable non-RGB image, or ("error", message)."""
+    from PIL import Image
+
+    from vireid.data.images import load_image
+
+    try:
+        with Image.open(root / rel) as img:
+            mode = img.mode
+            img.load()
+        if mode != "RGB":
+            load_image(root / rel)  # the conversion the training pipeline will apply must work too
+            return "mode", mode
+        return "ok", ""
+    except DataError as exc:
+        return "error", str(exc).split(": ", 1)[-1]
+    except FileNotFoundError:
+        return "error", "image file not found; check the dataset root and list files"
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data; all mean "cannot decode"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return "error", f"cannot decode image ({reason}); replace the file or remove it from the list"
