@@ -55,7 +55,12 @@ class DataConfig:
 
 @dataclass
 class SamplerConfig:
-    """How batches are drawn (SPEC 3: P identities x K RGB + K IR; SPEC 6: anchor + other cameras)."""
+    """How batches are drawn (SPEC 3: P identities x K RGB + K IR; SPEC 6: anchor + other cameras).
+
+    ``cross_modal`` -> :class:`vireid.data.sampling.CrossModalIdentitySampler`, ``aml`` ->
+    :class:`vireid.data.sampling.AnchorCrossCameraSampler`. With DDP, ``num_ids`` must be a multiple of the number
+    of processes (each rank takes ``num_ids / world_size`` identities of every batch).
+    """
 
     kind: Literal["cross_modal", "aml", "random"] = "cross_modal"
     num_ids: int = 8
@@ -69,26 +74,41 @@ class SamplerConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training-time augmentation (SPEC 3-6). Probabilities are in 0..1."""
+    """Training-time augmentation (SPEC 3-6), translated to :mod:`vireid.data.transforms`. Probabilities in 0..1."""
 
     pad: int = 10
     flip: float = 0.5
     erasing: float = 0.5
     erasing_area: tuple[float, float] = (0.02, 0.4)
+    """Fraction of the image area; MSCLNet's paper prints (0.2, 0.8)."""
     erasing_ratio: float = 0.3
-    erasing_fill: Literal["imagenet_mean", "zero", "random", "channel"] = "imagenet_mean"
+    """r1: the box aspect h/w lies in [r1, 1/r1]."""
+    erasing_aspect: Literal["uniform", "log_uniform"] = "uniform"
+    """uniform in [r1, 1/r1] (torchreid/AGW/CAJ/fast-reid) or log-uniform (torchvision)."""
+    erasing_fill: Literal["imagenet_mean", "zero", "random", "mean_pixel"] = "imagenet_mean"
+    """imagenet_mean: (0.4914, 0.4822, 0.4465) written into the normalised tensor (AGW/CAJ); zero; random: N(0, 1);
+    mean_pixel: the ImageNet mean pixel, i.e. 0 after normalisation (AML)."""
     channel_exchange: bool = False
     adaptive_gray: float = 0.0
     color_jitter: tuple[float, float] = (0.0, 0.0)
     """(brightness, contrast) for ColorJitter; (0, 0) disables it."""
+    color_jitter_p: float = 1.0
+    """Probability of applying the colour jitter to a sample (1 = always, as transforms.ColorJitter)."""
+    fake_ir_alpha: float = 0.2
+    """AML stage 1: x_t = alpha * norm(fake IR) + (1 - alpha) * gray(norm(x))."""
+    aligned_twin: bool = False
+    """AML stage 1: give the fake-IR twin the same crop/flip/erasing box as x (the reference does not)."""
 
     def validate(self, key: str) -> None:
-        for name in ("flip", "erasing", "adaptive_gray"):
+        for name in ("flip", "erasing", "adaptive_gray", "color_jitter_p", "fake_ir_alpha"):
             v = getattr(self, name)
             _check(0.0 <= v <= 1.0, f"{key}.{name}", v, "a probability in [0, 1]")
         lo, hi = self.erasing_area
         _check(0.0 < lo <= hi < 1.0, f"{key}.erasing_area", self.erasing_area, "[min, max] with 0 < min <= max < 1")
+        _check(0.0 < self.erasing_ratio <= 1.0, f"{key}.erasing_ratio", self.erasing_ratio, "r1 in (0, 1]")
         _check(self.pad >= 0, f"{key}.pad", self.pad, "an integer >= 0")
+        _check(min(self.color_jitter) >= 0.0, f"{key}.color_jitter", self.color_jitter,
+               "[brightness, contrast] >= 0")
 
 
 @dataclass
