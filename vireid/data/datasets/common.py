@@ -338,7 +338,7 @@ def check_images(root: Path, samples: Iterable[Sample], log: ProblemLog) -> int:
 
 def _check_one(root: Path, rel: str) -> tuple[str, str]:
     """("ok", ""), ("mode", MODE) for a decodable non-RGB image, or ("error", message)."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     from vireid.data.images import load_image
 
@@ -352,6 +352,8 @@ def _check_one(root: Path, rel: str) -> tuple[str, str]:
         return "ok", ""
     except DataError as exc:
         return "error", str(exc).split(": ", 1)[-1]
+    except UnidentifiedImageError:
+        return "error", "cannot decode image (not a known image format); replace the file or remove it from the list"
     except FileNotFoundError:
         return "error", "image file not found; check the dataset root and list files"
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data; all mean "cannot decode"

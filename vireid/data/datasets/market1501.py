@@ -120,13 +120,14 @@ def parse_gen(root: Path, options: DatasetOptions, log: ProblemLog) -> CrossModa
     originals = _scan(root, "market1501_train", log, dropped)
     test = _scan(root, "market1501_test", log, dropped)
     twin_dir = f"market1501_train_{target}"
-    _check_twins(root, "market1501_train", twin_dir, log, severity="error")
+    twins = _check_twins(root, "market1501_train", twin_dir, log, severity="error")
     if (root / f"market1501_test_{target}").is_dir():
         # test twins are not used by any protocol; a mismatch there is worth knowing but does not block training
         _check_twins(root, "market1501_test", f"market1501_test_{target}", log, severity="warning")
 
+    # an original without its twin cannot be trained on (the error is reported above); it is left out here
     twinned = [Sample(s.path, s.pid, s.camid, s.modality, -1, f"{twin_dir}/{s.path.split('/', 1)[1]}")
-               for s in originals]
+               for s in originals if s.path.split("/", 1)[1] in twins]
     if labels == "ground_truth":
         train = _relabel(twinned)
     else:
@@ -156,17 +157,20 @@ def _dropped_key(key: str) -> str:
     return key if "(" in key else f"junk images (pid -1) in {key}/"
 
 
-def _check_twins(root: Path, originals: str, twins: str, log: ProblemLog, *, severity: str) -> None:
-    """Sorted file names of ``originals`` and ``twins`` must be identical; report the first mismatch by name."""
+def _check_twins(root: Path, originals: str, twins: str, log: ProblemLog, *, severity: str) -> set[str]:
+    """Sorted file names of ``originals`` and ``twins`` must be identical; report the first mismatch by name.
+
+    Returns the file names present in ``twins``.
+    """
     if not (root / originals).is_dir():
-        return
+        return set()
     if not (root / twins).is_dir():
         log.add(severity, f"fake-IR twin folder missing; it should hold one twin per image of {originals}/ "
                           f"(same file names)", f"{twins}/")  # type: ignore[arg-type]
-        return
+        return set()
     a, b = list_images(root / originals), list_images(root / twins)
     if a == b:
-        return
+        return set(b)
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     counts = (f"{len(only_a)} image{'s' if len(only_a) != 1 else ''} without twin, "
               f"{len(only_b)} twin{'s' if len(only_b) != 1 else ''} without image; originals and twins must "
@@ -178,6 +182,7 @@ def _check_twins(root: Path, originals: str, twins: str, log: ProblemLog, *, sev
     else:
         message = f"twin {first_b} has no original in {originals}/ ({counts})"
     log.add(severity, message, f"{twins}/")  # type: ignore[arg-type]
+    return set(b)
 
 
 def read_pseudo_labels(root: Path, log: ProblemLog) -> dict[str, int] | None:
@@ -255,10 +260,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _safe_torch_load(path: Path) -> Any:
     """Load ``path`` without executing arbitrary pickles: torch ``weights_only``, then narrow fallbacks."""
+    import warnings
+
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it may not support; we handle failure
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as first:
         if zipfile.is_zipfile(path):
             try:

@@ -44,6 +44,7 @@ def parse(root: Path, options: DatasetOptions, log: ProblemLog) -> CrossModalDat
     # (pid -> cam -> sorted file names) for every 4-digit identity folder
     folders: dict[int, dict[int, list[str]]] = {}
     listed = set(ids["train"]) | set(ids["val"]) | set(ids["test"])
+    unlisted: dict[int, list[tuple[str, int]]] = {}  # pid -> [(folder, images)] of identities in no id file
     for c in present:
         cam_dir = root / f"cam{c}"
         for name in stray_files(cam_dir):
@@ -61,9 +62,14 @@ def parse(root: Path, options: DatasetOptions, log: ProblemLog) -> CrossModalDat
                 log.warning("empty identity folder (treated as absent)", rel_dir)
                 continue
             if pid not in listed:
-                log.warning(f"identity {pid} is in none of exp/*_id.txt; its {len(files)} images are not used", rel_dir)
+                unlisted.setdefault(pid, []).append((rel_dir, len(files)))
                 continue
             folders.setdefault(pid, {})[c] = files
+    for pid, where in sorted(unlisted.items()):
+        images = sum(n for _, n in where)
+        log.warning(f"identity {pid} is in none of exp/*_id.txt; its images are not used ({images} "
+                    f"image{'s' if images != 1 else ''} in {len(where)} folder{'s' if len(where) != 1 else ''})",
+                    where[0][0])
 
     for split, (rel, _) in ID_FILES.items():
         for pid in ids[split]:
