@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -229,3 +231,122 @@ def test_market1501_gen_refuses_arbitrary_pickles(tmp_path: Path, monkeypatch: p
     with pytest.raises(DataError, match=r"^pplr_pseudo_labels.pth: cannot be read .*refused to unpickle"):
         load_dataset("market1501_gen", tmp_path)
     assert not (tmp_path / "PWNED").exists()
+
+
+# ------------------------------------------------------------------------ against the synthetic generator
+# Every parser on its synthetic layout yields exactly the records the generator says it wrote (its manifest).
+synthetic = pytest.importorskip("vireid.data.synthetic")
+
+SYNTH_IDS = {"sysu_mm01": 12, "regdb": 8, "sysu_mm02": 10, "llcm": 10, "market1501": 8, "market1501_gen": 8}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
+    cache: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in cache:
+            root = tmp_path_factory.mktemp("synth") / name
+            cache[name] = synthetic.write_synthetic(name, root, ids=SYNTH_IDS[name], seed=3, size=(32, 16))
+        return cache[name]
+
+    return get
+
+
+def _by_path(samples: list[Sample]) -> list[Sample]:
+    return sorted(samples, key=lambda s: s.path)
+
+
+def test_synthetic_sysu_mm01(synth: Callable[[str], Any]) -> None:
+    m = synth("sysu_mm01")
+    ds = load_dataset("sysu_mm01", m.root, check_images=True)
+    assert ds.problems == []
+    train_ids = sorted(m.splits["train_ids"] + m.splits["val_ids"])
+    label = {pid: i for i, pid in enumerate(train_ids)}
+    key = lambda s: (s.pid, s.camid, s.path)  # noqa: E731 - the parser's documented order
+    expect = lambda ids, lab: sorted(  # noqa: E731
+        (S(i.relpath, i.pid, i.camid, i.modality, lab.get(i.pid, -1)) for i in m.images if i.pid in ids), key=key)
+    assert ds.train == expect(set(train_ids), label)
+    assert ds.val == expect(set(m.splits["val_ids"]), label)
+    assert ds.test == expect(set(m.splits["test_ids"]), {})
+    assert len(ds.train) + len(ds.test) == len(m.images)
+    assert (ds.info["train_ids"], ds.info["val_ids"], ds.info["test_ids"]) == (
+        m.splits["train_ids"], m.splits["val_ids"], m.splits["test_ids"])
+    assert ds.info["rand_perm_cam"] == ("exp/rand_perm_cam.mat" if "exp/rand_perm_cam.mat" in m.files else None)
+
+
+@pytest.mark.parametrize("trial", [1, 7])
+def test_synthetic_regdb(synth: Callable[[str], Any], trial: int) -> None:
+    m = synth("regdb")
+    ds = load_dataset("regdb", m.root, trial=trial, check_images=True)
+    assert ds.problems == []
+    split = m.trials[trial - 1]
+    for records, ids, train in ((ds.train, split["train_ids"], True), (ds.test, split["test_ids"], False)):
+        label = {pid: i for i, pid in enumerate(ids)}
+        assert _by_path(records) == _by_path([
+            S(i.relpath, label[i.pid], i.camid, i.modality, label[i.pid] if train else -1)
+            for i in m.images if i.pid in label])
+    assert ds.info["trial"] == trial
+
+
+def test_synthetic_sysu_mm02(synth: Callable[[str], Any]) -> None:
+    m = synth("sysu_mm02")
+    ds = load_dataset("sysu_mm02", m.root, check_images=True)
+    assert ds.problems == []
+    assert _by_path(ds.train) == _by_path(
+        [S(i.relpath, i.pid, i.camid, i.modality) for i in m.images if i.relpath.startswith("train/")])
+    assert _by_path(ds.test) == _by_path(
+        [S(i.relpath, i.pid, i.camid, i.modality) for i in m.images if i.relpath.startswith("test/")])
+    assert len(ds.train) + len(ds.test) == len(m.images)
+    assert ds.info["test_ids"] == m.splits["test_ids"]
+
+
+def test_synthetic_llcm(synth: Callable[[str], Any]) -> None:
+    m = synth("llcm")
+    ds = load_dataset("llcm", m.root, check_images=True)
+    assert ds.problems == []
+    label = {pid: i for i, pid in enumerate(m.splits["train_ids"])}
+    assert _by_path(ds.train) == _by_path(
+        [S(i.relpath, i.pid, i.camid, i.modality, label[i.pid]) for i in m.images if i.relpath.startswith("train_")])
+    assert _by_path(ds.test) == _by_path(
+        [S(i.relpath, i.pid, i.camid, i.modality) for i in m.images if i.relpath.startswith("test_")])
+    assert (ds.info["train_ids"], ds.info["test_ids"]) == (m.splits["train_ids"], m.splits["test_ids"])
+
+
+def test_synthetic_market1501(synth: Callable[[str], Any]) -> None:
+    m = synth("market1501")
+    ds = load_dataset("market1501", m.root, check_images=True)
+    assert ds.problems == []
+    train = [i for i in m.images if i.relpath.startswith("bounding_box_train/")]
+    label = {pid: n for n, pid in enumerate(sorted({i.pid for i in train}))}
+    assert ds.train == _by_path([S(i.relpath, i.pid, i.camid, 0, label[i.pid]) for i in train])
+    query = [S(i.relpath, i.pid, i.camid, 0) for i in m.images if i.relpath.startswith("query/")]
+    gallery = [S(i.relpath, i.pid, i.camid, 0) for i in m.images
+               if i.relpath.startswith("bounding_box_test/") and i.pid != -1]
+    assert ds.test == _by_path(query) + _by_path(gallery)
+    junk = sum(1 for i in m.images if i.pid == -1)
+    assert ds.info["dropped"] == ({"junk images (pid -1) in bounding_box_test/": junk} if junk else {})
+
+
+@pytest.mark.parametrize("labels", ["pseudo", "ground_truth"])
+def test_synthetic_market1501_gen(synth: Callable[[str], Any], labels: str) -> None:
+    m = synth("market1501_gen")
+    ds = load_dataset("market1501_gen", m.root, target="sysumm02", labels=labels, check_images=True)
+    originals = [i for i in m.images if i.relpath.startswith("market1501_train/")]
+    if labels == "pseudo":
+        kept = [i for i in originals if i.relpath.split("/")[1] in m.pseudo_labels]
+        value = {i.relpath: m.pseudo_labels[i.relpath.split("/")[1]] for i in kept}
+    else:
+        kept, value = originals, {i.relpath: i.pid for i in originals}
+    rank = {v: n for n, v in enumerate(sorted(set(value.values())))}
+    assert ds.train == _by_path([
+        S(i.relpath, i.pid, i.camid, 0, rank[value[i.relpath]], i.relpath.replace("_train/", "_train_sysumm02/"))
+        for i in kept])
+    assert ds.test == _by_path([S(i.relpath, i.pid, i.camid, 0) for i in m.images
+                                if i.relpath.startswith("market1501_test/") and i.pid != -1])
+    twins = {i.relpath for i in m.images if i.relpath.startswith("market1501_train_sysumm02/")}
+    assert {s.twin for s in ds.train} <= twins
+    dropped = len(originals) - len(kept)
+    assert [str(p) for p in ds.problems] == ([
+        f"market1501_train/: {dropped} of {len(originals)} training images have no pseudo label in "
+        f"pplr_pseudo_labels.pth and were dropped"] if dropped else [])
