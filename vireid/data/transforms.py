@@ -115,13 +115,13 @@ def pad_crop(x: torch.Tensor, pad: int, top: torch.Tensor, left: torch.Tensor) -
     """
     if pad == 0:
         return x
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     top, left = top.to(x.device, torch.long), left.to(x.device, torch.long)
     padded = F.pad(x, (pad, pad, pad, pad))
-    rows = (top.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * pad)
-    out = padded.gather(2, rows)
-    cols = (left.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
-    return out.gather(3, cols)
+    # all (2p+1)^2 crop windows as a view [B, 2p+1, 2p+1, C, H, W]; pick one per sample (one indexed copy,
+    # about 2x faster on CPU than two gathers)
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1).permute(0, 2, 3, 1, 4, 5)
+    return windows[torch.arange(b, device=x.device), top, left]
 
 
 def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -149,16 +149,29 @@ def erase(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.
 
 def channel_copy(x: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
     """Copy channel ``channel[b]`` (0 R, 1 G, 2 B) of each sample into all three channels."""
-    b, _, h, w = x.shape
-    idx = channel.to(x.device, torch.long).view(b, 1, 1, 1).expand(b, 1, h, w)
-    return x.gather(1, idx).expand(b, 3, h, w).contiguous()
+    return _channel(x, channel).expand_as(x).contiguous()
+
+
+def _channel(x: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+    """Channel ``channel[b]`` of each sample: [B, 1, H, W] (advanced indexing: much faster than gather on CPU)."""
+    b = x.shape[0]
+    return x[torch.arange(b, device=x.device), channel.to(x.device, torch.long)].unsqueeze(1)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """Luma [B, 1, H, W]."""
+    return (GRAY_WEIGHTS[0] * x[:, 0] + GRAY_WEIGHTS[1] * x[:, 1] + GRAY_WEIGHTS[2] * x[:, 2]).unsqueeze(1)
+
+
+def _gray_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean luma per sample [B, 1, 1, 1]; luma is linear, so this is the weighted sum of the channel means."""
+    m = x.mean(dim=(2, 3))
+    return (GRAY_WEIGHTS[0] * m[:, 0] + GRAY_WEIGHTS[1] * m[:, 1] + GRAY_WEIGHTS[2] * m[:, 2]).view(-1, 1, 1, 1)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """``0.2989 R + 0.5870 G + 0.1140 B`` copied to three channels (CAJ, torchvision weights)."""
-    r, g, b = x.unbind(1)
-    gray = GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b
-    return gray.unsqueeze(1).expand_as(x).contiguous()
+    return _gray(x).expand_as(x).contiguous()
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -169,8 +182,7 @@ def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision semantics on [0, 1] floats: blend with the mean of the grayscale image, clamp to [0, 1]."""
     f = factor.to(x.device, x.dtype).view(-1, 1, 1, 1)
-    mean = grayscale(x)[:, :1].mean(dim=(-2, -1), keepdim=True)
-    return (f * x + (1 - f) * mean).clamp(0, 1)
+    return (f * x + (1 - f) * _gray_mean(x)).clamp(0, 1)
 
 
 def blend_fake_ir(fake_ir: torch.Tensor, gray: torch.Tensor, alpha: float = 0.2) -> torch.Tensor:
@@ -225,7 +237,13 @@ class ToFloatNormalize(Op):
         self.mean, self.std, self.dtype = tuple(mean), tuple(std), dtype
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        return normalize(to_float(x, self.dtype), self.mean, self.std)
+        if x.dtype != torch.uint8:
+            return normalize(to_float(x, self.dtype), self.mean, self.std)
+        # fused: x * 1/(255 std) - mean/std in one pass after the conversion (equal to the two-step form to ~1 ulp)
+        xf = x.to(self.dtype or torch.float32)
+        scale = 1.0 / (255.0 * torch.tensor(self.std, dtype=torch.float64))
+        shift = -torch.tensor(self.mean, dtype=torch.float64) / torch.tensor(self.std, dtype=torch.float64)
+        return torch.addcmul(shift.to(xf).view(1, 3, 1, 1), xf, scale.to(xf).view(1, 3, 1, 1))
 
 
 class ToFloat(Op):
@@ -397,8 +415,8 @@ class AdaptiveGray(Op):
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         mode = params["mode"].to(x.device).view(-1, 1, 1, 1)
-        copied = channel_copy(x, params["mode"].clamp(max=2))
-        return torch.where(mode < 3, copied, torch.where(mode == 3, grayscale(x), x))
+        single = torch.where(mode == 3, _gray(x), _channel(x, params["mode"].clamp(max=2)))  # [B, 1, H, W]
+        return torch.where(mode < 4, single, x)
 
 
 class ColorJitter(Op):
@@ -428,12 +446,21 @@ class ColorJitter(Op):
         }
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        bf, cf = params["brightness"], params["contrast"]
-        bc = adjust_contrast(adjust_brightness(x, bf), cf)
-        cb = adjust_brightness(adjust_contrast(x, cf), bf)
-        first = params["contrast_first"].to(x.device).view(-1, 1, 1, 1)
-        on = params["apply"].to(x.device).view(-1, 1, 1, 1)
-        return torch.where(on, torch.where(first, cb, bc), x)
+        # Both ops are "clamp(a * x + c)" per sample: brightness a = fb, c = 0; contrast a = fc,
+        # c = (1 - fc) * mean luma. Two such stages, with (a, c) chosen per sample by the drawn order, compute
+        # either order in one pass each instead of computing both orders.
+        def col(t: torch.Tensor) -> torch.Tensor:
+            return t.to(x.device, x.dtype).view(-1, 1, 1, 1)
+
+        fb, fc, first = col(params["brightness"]), col(params["contrast"]), col(params["contrast_first"]) > 0
+        zero = torch.zeros_like(fb)
+        c1 = torch.where(first, (1 - fc) * _gray_mean(x), zero)
+        y = torch.addcmul(c1, torch.where(first, fc, fb), x).clamp_(0, 1)
+        c2 = torch.where(first, zero, (1 - fc) * _gray_mean(y))
+        y = torch.addcmul(c2, torch.where(first, fb, fc), y).clamp_(0, 1)
+        if self.p >= 1.0:
+            return y
+        return torch.where(col(params["apply"]) > 0, y, x)
 
 
 class Compose(Op):
