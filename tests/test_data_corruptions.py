@@ -158,6 +158,9 @@ CASES: dict[str, Case] = {
     "duplicated line": Case("regdb", regdb(lambda r: L.write_text(
                                 r / V1, (r / V1).read_text() + (r / V1).read_text().splitlines(True)[2])),
                             f"{V1}:5: line 5 duplicates line 3; remove it (duplicates change the protocol's counts)"),
+    "same image listed twice": Case("regdb", regdb(append(V1, f"{FIRST_V} 0\n")),
+                                    f"{V1}:5: image '{FIRST_V}' is already listed on line 1; remove one of the two "
+                                    f"lines"),
     "listed image missing": Case("regdb", regdb(lambda r: (r / FIRST_V).unlink()),
                                  f"{V1}:1: image '{FIRST_V}' does not exist under the dataset root; fix the path or "
                                  f"the root"),

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 NAME = "data"
-HELP = "Check a dataset layout: counts per split, modality and camera, and every problem found."
+HELP = "Check a dataset layout: image counts and every problem found."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

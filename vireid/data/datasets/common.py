@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,7 +83,8 @@ def finish(dataset: CrossModalDataset, *, strict: bool, name: str) -> CrossModal
     if others:
         noun = "problem" if others == 1 else "problems"
         message += (
-            f" (and {others} more {noun}; run `vireid data check {dataset.root} --dataset {name}` to list them)"
+            f" (and {others} more {noun}; run `vireid data check {shlex.quote(str(dataset.root))} --dataset {name}` "
+            f"to list them)"
         )
     raise DataError(message)
 
@@ -189,7 +191,8 @@ def read_list_file(
         log.error(f"empty; it should list {what}, one {fmt} per line", rel)
         return None
     rows: list[ListRow] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {}  # stripped line -> first line number
+    seen_paths: dict[str, int] = {}  # image path -> first line number (same image, other label)
     for number, raw in enumerate(lines, start=1):
         line = raw.rstrip("\r")
         if not line.strip():
@@ -225,6 +228,11 @@ def read_list_file(
             if not (root / image).is_file():
                 log.error(f"image '{image}' does not exist under the dataset root; fix the path or the root", rel, number)
                 continue
+            if image in seen_paths:
+                log.error(f"image '{image}' is already listed on line {seen_paths[image]}; remove one of the two lines",
+                          rel, number)
+                continue
+            seen_paths[image] = number
             rows.append(ListRow(number, image, tuple(values)))
     return rows
 
