@@ -1,0 +1,173 @@
+"""``vireid evaluate``: the JSON equals the library result; every bad input is a one-line error, exit status 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_protocols import exact_features, llcm_rows, mm02_rows, rand_perm_mat, regdb_rows, sysu_rows
+from vireid.cli import main
+from vireid.evaluation import build_protocol, evaluate_protocol, load_features
+
+JSON_KEYS = {"protocol", "mode", "direction", "trials", "rerank", "rank1", "rank5", "rank10", "rank20", "mAP",
+             "mINP", "cmc", "per_trial", "num_query", "num_gallery"}
+
+
+def write_npz(path: Path, rows, seed: int = 0, **override) -> Path:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(rows))
+    rows = [rows[i] for i in order]
+    arrays = {
+        "features": exact_features(len(rows), rng),
+        "pids": np.array([r[1] for r in rows], np.int64),
+        "camids": np.array([r[2] for r in rows], np.int64),
+        "modalities": np.array([r[3] for r in rows], np.int64),
+        "paths": np.array([r[0] for r in rows]),
+        "extra_key": np.zeros(3),  # ignored
+    }
+    arrays.update(override)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return path
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("protocol,rows_fn,extra", [
+    ("sysu", sysu_rows, ["--mode", "indoor"]),
+    ("sysu", sysu_rows, ["--trials", "3"]),
+    ("llcm", llcm_rows, ["--direction", "i2v"]),
+    ("sysu-mm02", mm02_rows, []),
+])
+def test_json_equals_library(tmp_path, capsys, protocol, rows_fn, extra):
+    npz = write_npz(tmp_path / "f.npz", rows_fn(0))
+    out = tmp_path / "res" / "r.json"
+    code, stdout, err = run_cli(["evaluate", npz, "--protocol", protocol, "--json", out, "--plot", *extra], capsys)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert JSON_KEYS <= set(data)
+    assert len(data["cmc"]) == 20
+    fs = load_features(npz)
+    kw = dict(zip(extra[::2], extra[1::2]))
+    plan = build_protocol(protocol, fs, mode=kw.get("--mode", "all"), direction=kw.get("--direction", "v2i"),
+                          trials=int(kw["--trials"]) if "--trials" in kw else (1 if protocol == "sysu-mm02" else 10))
+    lib = evaluate_protocol(fs.features, plan).summary()
+    for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "num_query", "num_gallery", "trials"):
+        assert data[k] == pytest.approx(lib[k], abs=1e-9), k
+    assert data["cmc"] == pytest.approx(lib["cmc"])
+    assert data["trials"] == len(data["per_trial"])
+    assert 0 <= data["mAP"] <= 100 and data["rank20"] >= data["rank1"]
+    assert data["rerank"] is False
+    assert (out.with_suffix(".png")).stat().st_size > 1000
+    assert "Rank-1" in stdout and "mean" in stdout
+    if protocol == "sysu":
+        assert data["direction"] == "i2v" and data["mode"] == kw.get("--mode", "all")
+    else:
+        assert data["mode"] is None
+
+
+def test_regdb_several_files(tmp_path, capsys):
+    files = [write_npz(tmp_path / f"t{i}.npz", regdb_rows(i), seed=i) for i in range(1, 4)]
+    out = tmp_path / "r.json"
+    code, stdout, err = run_cli(["evaluate", *files, "--protocol", "regdb", "--direction", "i2v", "--json", out],
+                                capsys)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert data["trials"] == 3 and [r["trial"] for r in data["per_trial"]] == [1, 2, 3]
+    per = []
+    for f in files:
+        fs = load_features(f)
+        per.append(evaluate_protocol(fs.features, build_protocol("regdb", fs, direction="i2v")).summary())
+    for k in ("rank1", "mAP", "mINP"):
+        assert [r[k] for r in data["per_trial"]] == pytest.approx([p[k] for p in per])
+        assert data[k] == pytest.approx(np.mean([p[k] for p in per]))
+        assert data["std"][k] == pytest.approx(np.std([p[k] for p in per]))
+
+
+def test_sysu_official_cli(tmp_path, capsys):
+    npz = write_npz(tmp_path / "f.npz", sysu_rows(3), seed=3)
+    fs = load_features(npz)
+    rand_perm_mat(tmp_path / "SYSU" / "exp" / "rand_perm_cam.mat", fs)
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(["evaluate", npz, "--protocol", "sysu-official", "--shots", "10",
+                            "--dataset-root", tmp_path / "SYSU", "--json", out], capsys)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    plan = build_protocol("sysu-official", fs, shots=10, dataset_root=tmp_path / "SYSU")
+    assert data["mAP"] == pytest.approx(evaluate_protocol(fs.features, plan).summary()["mAP"])
+    assert data["shots"] == 10
+    # missing rand_perm_cam.mat
+    code, _, err = run_cli(["evaluate", npz, "--protocol", "sysu-official", "--dataset-root", tmp_path], capsys)
+    assert code == 2 and "rand_perm_cam.mat" in err and len(err.strip().splitlines()) == 1
+
+
+def bad_cases(tmp_path: Path):
+    rows = sysu_rows(0)
+    n = len(rows)
+    feats = exact_features(n, np.random.default_rng(0))
+    nan_feats = feats.copy()
+    nan_feats[3, 0] = np.nan
+    return [
+        ("missing key", write_npz(tmp_path / "a.npz", rows, camids=None), ["--protocol", "sysu"], "missing key"),
+        ("lengths", write_npz(tmp_path / "b.npz", rows, pids=np.ones(n - 1, np.int64)), ["--protocol", "sysu"],
+         "has %d rows but 'features' has %d" % (n - 1, n)),
+        ("nan", write_npz(tmp_path / "c.npz", rows, features=nan_feats), ["--protocol", "sysu"], "NaN or infinite"),
+        ("int features", write_npz(tmp_path / "d.npz", rows, features=np.ones((n, 4), np.int64)),
+         ["--protocol", "sysu"], "'features' must be a float array"),
+        ("string pids", write_npz(tmp_path / "e.npz", rows, pids=np.array([str(r[1]) for r in rows])),
+         ["--protocol", "sysu"], "'pids' must be an integer array"),
+        ("regdb path in sysu", write_npz(tmp_path / "f.npz", regdb_rows(0)), ["--protocol", "sysu"],
+         "not a SYSU-MM01 test image path"),
+        ("sysu path in regdb", write_npz(tmp_path / "g.npz", rows), ["--protocol", "regdb"],
+         "not a RegDB test image path"),
+        ("no valid query", write_npz(tmp_path / "h.npz", [(p, pid + 1000 * mod, cam, mod)
+                                                          for p, pid, cam, mod in regdb_rows(0)]),
+         ["--protocol", "regdb"], "no valid query"),
+        ("not a file", tmp_path / "nope.npz", ["--protocol", "sysu"], "no such features file"),
+        ("not an npz", _text(tmp_path / "x.npz"), ["--protocol", "sysu"], "not a readable .npz"),
+        ("object paths", write_npz(tmp_path / "i.npz", rows, paths=np.array([r[0] for r in rows], dtype=object)),
+         ["--protocol", "sysu"], "stored as Python objects"),
+        ("shots for sysu", write_npz(tmp_path / "j.npz", rows), ["--protocol", "sysu", "--shots", "10"],
+         "sysu-official"),
+        ("mode for regdb", write_npz(tmp_path / "k.npz", regdb_rows(0)), ["--protocol", "regdb", "--mode", "all"],
+         "--mode applies"),
+        ("several files", write_npz(tmp_path / "l.npz", rows), [str(tmp_path / "l.npz"), "--protocol", "sysu"],
+         "only --protocol regdb"),
+        ("plot without json", write_npz(tmp_path / "m.npz", rows), ["--protocol", "sysu", "--plot"], "--json"),
+        ("v2i for sysu", write_npz(tmp_path / "n.npz", rows), ["--protocol", "sysu", "--direction", "v2i"], "i2v"),
+        ("trials vs files", write_npz(tmp_path / "o.npz", regdb_rows(0)), ["--protocol", "regdb", "--trials", "10"],
+         "one file per trial"),
+    ]
+
+
+def _text(p: Path) -> Path:
+    p.write_text("hello")
+    return p
+
+
+def test_bad_inputs_one_line_errors(tmp_path, capsys):
+    for name, path, args, msg in bad_cases(tmp_path):
+        code, out, err = run_cli(["evaluate", path, *args], capsys)
+        assert code == 2, name
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, (name, err)
+        assert lines[0].startswith("vireid: error:"), (name, err)
+        assert msg in lines[0], (name, lines[0])
+        assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [["--protocol", "nope"], ["--protocol", "sysu", "--mode", "outdoor"],
+                                  ["--protocol", "regdb", "--direction", "x2y"]])
+def test_unknown_choices_rejected_by_argparse(tmp_path, capsys, args):
+    npz = write_npz(tmp_path / "f.npz", regdb_rows(0))
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(npz), *args])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
