@@ -29,8 +29,9 @@ from vireid.clustering.kreciprocal import (
     blocked_knn,
     expanded_reciprocal_sets,
     half_k,
-    min_sums,
-    pair_inner_products,
+    min_sums_symmetric_upper,
+    _gather_dots,
+    pattern_values,
     query_expansion,
     resolve_device,
 )
@@ -73,9 +74,9 @@ def clustering_weights(
     if normalize:
         x = F.normalize(x, dim=1)
     n = x.shape[0]
-    nn, _, _ = blocked_knn(x, k1, block_size=block_size)
+    nn, _, gram, _ = blocked_knn(x, k1, block_size=block_size)
     expanded = expanded_reciprocal_sets(nn, min(k1, n), min(half_k(k1) + 1, k1, n))
-    ip = pair_inner_products(x, expanded)
+    ip = pattern_values(expanded, nn, gram, lambda missing: _gather_dots(x, missing))
     neg_d2 = -(np.float32(2.0) - np.float32(2.0) * ip)
     # Row-wise softmax over each expanded set (every row holds at least the sample itself).
     starts = expanded.indptr[:-1]
@@ -115,13 +116,25 @@ def jaccard_distance(
     dev = resolve_device(device, features)
     v = clustering_weights(features, k1, k2, normalize=normalize, device=dev, block_size=block_size)
     n = v.shape[0]
-    idx = np.arange(n)
-    out = torch.ones((n, n), dtype=torch.float32, device=dev)
-    for r0, r1, s in min_sums(v, idx, idx, device=dev):
-        out[r0:r1] = (1.0 - s / (2.0 - s)).clamp_(min=0.0).to(torch.float32)
+    out = torch.empty((n, n), dtype=torch.float32, device=dev)
+    for r0, r1, s in min_sums_symmetric_upper(v, device=dev):
+        out[r0:r1] = (1.0 - s / (2.0 - s)).clamp_(min=0.0)
+    _mirror_upper(out, block_size)
     if isinstance(features, torch.Tensor):
         return out
     return out.cpu().numpy()
+
+
+def _mirror_upper(out: torch.Tensor, block: int) -> None:
+    """Copy the upper triangle (diagonal included) of a square matrix onto its lower triangle, in place."""
+    n = out.shape[0]
+    for i0 in range(0, n, block):
+        i1 = min(i0 + block, n)
+        diag = out[i0:i1, i0:i1]
+        out[i0:i1, i0:i1] = torch.triu(diag) + torch.triu(diag, 1).T
+        for j0 in range(i1, n, block):
+            j1 = min(j0 + block, n)
+            out[j0:j1, i0:i1] = out[i0:i1, j0:j1].T
 
 
 def jaccard_distance_sparse(
@@ -146,20 +159,24 @@ def jaccard_distance_sparse(
     dev = resolve_device(device, features)
     v = clustering_weights(features, k1, k2, normalize=normalize, device=dev, block_size=block_size)
     n = v.shape[0]
-    idx = np.arange(n)
-    counts = np.zeros(n, dtype=np.int64)
+    rows_parts: list[np.ndarray] = []
     cols_parts: list[np.ndarray] = []
     data_parts: list[np.ndarray] = []
-    for r0, r1, s in min_sums(v, idx, idx, device=dev):
-        d = (1.0 - s / (2.0 - s)).clamp_(min=0.0).to(torch.float32)
+    for r0, r1, s in min_sums_symmetric_upper(v, device=dev):
+        d = (1.0 - s / (2.0 - s)).clamp_(min=0.0)
         keep = (s > 0) & (d <= eps)
         diag = torch.arange(r1 - r0, device=dev)
         keep[diag, diag + r0] = True
+        keep[:, :r0] = False  # only j >= i was computed
         rr, cc = torch.nonzero(keep, as_tuple=True)
-        counts[r0:r1] = torch.bincount(rr, minlength=r1 - r0).cpu().numpy()
+        rows_parts.append(rr.cpu().numpy() + r0)
         cols_parts.append(cc.cpu().numpy())
         data_parts.append(d[rr, cc].cpu().numpy())
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    return sp.csr_matrix(
-        (np.concatenate(data_parts), np.concatenate(cols_parts), indptr), shape=(n, n)
-    )
+    r = np.concatenate(rows_parts)
+    c = np.concatenate(cols_parts)
+    d = np.concatenate(data_parts)
+    off = r != c
+    r, c, d = np.concatenate([r, c[off]]), np.concatenate([c, r[off]]), np.concatenate([d, d[off]])
+    order = np.lexsort((c, r))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))])
+    return sp.csr_matrix((d[order], c[order], indptr), shape=(n, n))

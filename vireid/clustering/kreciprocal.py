@@ -34,9 +34,10 @@ __all__ = [
     "half_k",
     "blocked_knn",
     "expanded_reciprocal_sets",
-    "pair_inner_products",
+    "pattern_values",
     "query_expansion",
     "min_sums",
+    "min_sums_symmetric_upper",
 ]
 
 BlockSink = Callable[[int, int, int, int, torch.Tensor], None]
@@ -57,24 +58,22 @@ def half_k(k1: int) -> int:
 
 
 def _stable_topk_from_candidates(
-    vals: torch.Tensor, idx: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    vals: torch.Tensor, idx: torch.Tensor, gram: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sort candidate (value, index) pairs by value then index; return the first k and a boundary-tie mask.
 
     The mask marks rows whose k-th and (k+1)-th candidates have equal values: for those rows the candidate
     pool may not contain every element tied at the boundary, so the caller recomputes them exactly.
     """
     order = torch.argsort(idx, dim=1, stable=True)
-    vals = torch.gather(vals, 1, order)
-    idx = torch.gather(idx, 1, order)
+    vals, idx, gram = (torch.gather(t, 1, order) for t in (vals, idx, gram))
     order = torch.argsort(vals, dim=1, stable=True)
-    vals = torch.gather(vals, 1, order)
-    idx = torch.gather(idx, 1, order)
+    vals, idx, gram = (torch.gather(t, 1, order) for t in (vals, idx, gram))
     if vals.shape[1] > k:
         tie = vals[:, k - 1] == vals[:, k]
     else:
         tie = torch.zeros(vals.shape[0], dtype=torch.bool, device=vals.device)
-    return vals[:, :k], idx[:, :k], tie
+    return vals[:, :k], idx[:, :k], gram[:, :k], tie
 
 
 def _sq_dist_block(sq_i: torch.Tensor, sq_j: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
@@ -94,7 +93,8 @@ def blocked_knn(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of every row of ``x`` among all rows, by squared Euclidean distance.
 
-    Returns ``(indices [N, k] int64, squared distances [N, k] float32, row maxima [N] float32)``, neighbours
+    Returns ``(indices [N, k] int64, squared distances [N, k], inner products [N, k], row maxima [N])``
+    (float32 arrays), neighbours
     in ascending distance with ties broken by the lower index (what a stable argsort of the full row gives);
     the first neighbour is normally the sample itself. The row maximum is the largest squared distance of
     the row, which re-ranking uses to normalise.
@@ -112,6 +112,7 @@ def blocked_knn(
     nb = len(starts)
     cand_v: list[list[torch.Tensor]] = [[] for _ in range(nb)]
     cand_i: list[list[torch.Tensor]] = [[] for _ in range(nb)]
+    cand_g: list[list[torch.Tensor]] = [[] for _ in range(nb)]
     rowmax = torch.full((n,), -float("inf"), dtype=x.dtype, device=x.device)
     for bi, i0 in enumerate(starts):
         i1 = min(i0 + block_size, n)
@@ -119,39 +120,48 @@ def blocked_knn(
         for bj in range(bi, nb):
             j0 = starts[bj]
             j1 = min(j0 + block_size, n)
-            d = _sq_dist_block(sq[i0:i1], sq[j0:j1], xi @ x[j0:j1].T)
+            gram = xi @ x[j0:j1].T
+            d = _sq_dist_block(sq[i0:i1], sq[j0:j1], gram)
             if sink is not None:
                 sink(i0, i1, j0, j1, d)
             m = min(kk, j1 - j0)
             v, ix = torch.topk(d, m, dim=1, largest=False, sorted=False)
             cand_v[bi].append(v)
+            cand_g[bi].append(torch.gather(gram, 1, ix))
             cand_i[bi].append(ix + j0)
             rowmax[i0:i1] = torch.maximum(rowmax[i0:i1], d.amax(dim=1))
             if bj > bi:
                 m = min(kk, i1 - i0)
-                v, ix = torch.topk(d, m, dim=0, largest=False, sorted=False)
-                cand_v[bj].append(v.T)
-                cand_i[bj].append(ix.T + i0)
-                rowmax[j0:j1] = torch.maximum(rowmax[j0:j1], d.amax(dim=0))
-            del d
+                dt = d.T.contiguous()
+                v, ix = torch.topk(dt, m, dim=1, largest=False, sorted=False)
+                cand_v[bj].append(v)
+                cand_g[bj].append(torch.gather(gram.T, 1, ix))
+                cand_i[bj].append(ix + i0)
+                rowmax[j0:j1] = torch.maximum(rowmax[j0:j1], dt.amax(dim=1))
+                del dt
+            del d, gram
     out_i = np.empty((n, k), dtype=np.int64)
     out_v = np.empty((n, k), dtype=np.float32)
+    out_g = np.empty((n, k), dtype=np.float32)
     for bi, i0 in enumerate(starts):
         i1 = min(i0 + block_size, n)
-        vals, idx, tie = _stable_topk_from_candidates(
-            torch.cat(cand_v[bi], dim=1), torch.cat(cand_i[bi], dim=1), k
+        vals, idx, gram, tie = _stable_topk_from_candidates(
+            torch.cat(cand_v[bi], dim=1), torch.cat(cand_i[bi], dim=1), torch.cat(cand_g[bi], dim=1), k
         )
-        cand_v[bi] = cand_i[bi] = []  # free as we go
+        cand_v[bi] = cand_i[bi] = cand_g[bi] = []  # free as we go
         for r in torch.nonzero(tie).flatten().tolist():
             # Rare (exact ties at the k-th place, e.g. duplicated features): redo the row in full.
             row = i0 + r
-            full = _sq_dist_block(sq[row : row + 1], sq, x[row : row + 1] @ x.T)[0]
+            g_row = (x[row : row + 1] @ x.T)[0]
+            full = _sq_dist_block(sq[row : row + 1], sq, g_row[None])[0]
             order = torch.argsort(full, stable=True)[:k]
             idx[r] = order
             vals[r] = full[order]
+            gram[r] = g_row[order]
         out_i[i0:i1] = idx.cpu().numpy()
         out_v[i0:i1] = vals.cpu().numpy()
-    return out_i, out_v, rowmax.cpu().numpy()
+        out_g[i0:i1] = gram.cpu().numpy()
+    return out_i, out_v, out_g, rowmax.cpu().numpy()
 
 
 def _neighbour_graph(nn: np.ndarray, m: int) -> sp.csr_matrix:
@@ -204,42 +214,79 @@ def expanded_reciprocal_sets(nn: np.ndarray, n_forward: int, n_half: int) -> sp.
     return expanded
 
 
-@torch.no_grad()
-def pair_inner_products(
-    x: torch.Tensor, pattern: sp.csr_matrix, *, max_elements: int = 1 << 24
-) -> np.ndarray:
-    """Inner products ``x_i . x_j`` for every stored (i, j) of a CSR pattern, in pattern order (float32).
+def _concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of ``range(starts[t], ends[t])`` for all t, vectorised."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return offsets + np.arange(total, dtype=np.int64)
 
-    Rows are processed in chunks as batched matrix-vector products over the gathered neighbour rows
-    (padded to the chunk's longest row), so the gathered block stays under ``max_elements`` floats.
-    """
+
+@torch.no_grad()
+def _gather_dots(x: torch.Tensor, pattern: sp.csr_matrix, max_elements: int = 1 << 23) -> np.ndarray:
+    """``x_i . x_j`` for every stored (i, j) of a CSR pattern by batched mat-vec over gathered rows."""
     n, dim = x.shape
-    indptr = pattern.indptr
-    lengths = np.diff(indptr)
+    lengths = np.diff(pattern.indptr)
     out = np.empty(pattern.nnz, dtype=np.float32)
+    if pattern.nnz == 0:
+        return out
     indices = torch.from_numpy(pattern.indices.astype(np.int64)).to(x.device)
-    r0 = 0
-    while r0 < n:
-        # grow the chunk while the padded gather fits the budget
-        longest = max(int(lengths[r0]), 1)
-        r1 = r0 + 1
-        while r1 < n:
-            cand = max(longest, int(lengths[r1]))
-            if (r1 + 1 - r0) * cand * dim > max_elements:
-                break
-            longest = cand
-            r1 += 1
-        c = r1 - r0
-        seg_len = torch.from_numpy(lengths[r0:r1]).to(x.device)
+    rows = np.nonzero(lengths)[0]
+    a = 0
+    while a < len(rows):
+        longest = int(lengths[rows[a]])
+        b = a + 1
+        while b < len(rows) and (b + 1 - a) * max(longest, int(lengths[rows[b]])) * dim <= max_elements:
+            longest = max(longest, int(lengths[rows[b]]))
+            b += 1
+        chunk = rows[a:b]
+        seg = torch.from_numpy(lengths[chunk]).to(x.device)
         pos = torch.arange(longest, device=x.device)[None, :]
-        valid = pos < seg_len[:, None]
-        start = torch.from_numpy(indptr[r0:r1]).to(x.device)[:, None]
-        flat = (start + pos).clamp_(max=max(pattern.nnz - 1, 0))
-        cols = torch.where(valid, indices[flat], 0) if pattern.nnz else torch.zeros_like(flat)
-        gathered = x[cols.reshape(-1)].reshape(c, longest, dim)
-        dots = torch.bmm(gathered, x[r0:r1].unsqueeze(2)).squeeze(2)
-        out[indptr[r0] : indptr[r1]] = dots[valid].cpu().numpy()
-        r0 = r1
+        valid = pos < seg[:, None]
+        start = torch.from_numpy(pattern.indptr[chunk]).to(x.device)[:, None]
+        cols = indices[(start + pos).clamp_(max=pattern.nnz - 1)]
+        gathered = x[cols.reshape(-1)].reshape(len(chunk), longest, dim)
+        dots = torch.bmm(gathered, x[torch.from_numpy(chunk).to(x.device)].unsqueeze(2)).squeeze(2)
+        out[_concat_ranges(pattern.indptr[chunk], pattern.indptr[chunk + 1])] = dots[valid].cpu().numpy()
+        a = b
+    return out
+
+
+def pattern_values(
+    pattern: sp.csr_matrix,
+    nn: np.ndarray,
+    nn_values: np.ndarray,
+    compute: Callable[[sp.csr_matrix], np.ndarray],
+) -> np.ndarray:
+    """Values of a symmetric pairwise quantity at every stored (i, j) of ``pattern``, in pattern order.
+
+    Most expanded-set pairs are already among the kNN lists (as (i, j) or, by symmetry, as (j, i)); their
+    values are looked up from ``nn_values``. The rest are computed by ``compute(missing_pattern)``.
+    """
+    n = pattern.shape[0]
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(pattern.indptr))
+    cols = pattern.indices.astype(np.int64)
+    out = np.empty(pattern.nnz, dtype=np.float32)
+    known = np.arange(n, dtype=np.int64)[:, None] * n + nn
+    order = np.argsort(known, axis=None, kind="stable")
+    keys = known.reshape(-1)[order]
+    flat_vals = nn_values.reshape(-1)[order]
+    found = np.zeros(pattern.nnz, dtype=bool)
+    for query in (rows * n + cols, cols * n + rows):
+        pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+        hit = (keys[pos] == query) & ~found
+        out[hit] = flat_vals[pos[hit]]
+        found |= hit
+    if not found.all():
+        miss = ~found
+        counts = np.bincount(rows[miss], minlength=n)
+        missing = sp.csr_matrix(
+            (np.ones(int(miss.sum()), dtype=bool), cols[miss], np.concatenate([[0], np.cumsum(counts)])),
+            shape=pattern.shape,
+        )
+        out[miss] = compute(missing)
     return out
 
 
@@ -261,6 +308,49 @@ def query_expansion(v: sp.csr_matrix, nn: np.ndarray, k2: int) -> sp.csr_matrix:
     return out
 
 
+def _join(
+    ent_row: torch.Tensor,
+    ent_val: torch.Tensor,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    col_rows: torch.Tensor,
+    col_vals: torch.Tensor,
+    nrows: int,
+    ncols: int,
+) -> torch.Tensor:
+    """Dense ``[nrows, ncols]`` block of ``sum min(v_e, col_vals[p])`` over ``p in [start_e, end_e)``.
+
+    Entry e (a stored V[i, k] of a query row) meets the slice ``[start_e, end_e)`` of column k's list of
+    (row, value) pairs; every meeting adds ``min`` to ``out[ent_row_e, col_rows[p]]``. Accumulated in
+    float32 like the references.
+    """
+    out = torch.zeros(nrows * ncols, dtype=torch.float32, device=ent_val.device)
+    cnt = end - start
+    total = int(cnt.sum())
+    if total == 0:
+        return out.view(nrows, ncols)
+    shift = start - (torch.cumsum(cnt, 0) - cnt)
+    pos = torch.repeat_interleave(shift, cnt)
+    pos += torch.arange(total, device=pos.device)
+    mins = torch.minimum(torch.repeat_interleave(ent_val, cnt), col_vals[pos])
+    key = torch.repeat_interleave(ent_row * ncols, cnt)
+    key += col_rows[pos]
+    out.index_add_(0, key, mins)
+    return out.view(nrows, ncols)
+
+
+def _chunks(weights: np.ndarray, max_rows: int, max_pairs: int) -> Iterator[tuple[int, int]]:
+    """Consecutive row ranges holding at most max_rows rows and (unless one row alone exceeds it) max_pairs."""
+    n = len(weights)
+    r0 = 0
+    cum = np.concatenate([[0], np.cumsum(weights)])
+    while r0 < n:
+        r1 = int(np.searchsorted(cum, cum[r0] + max_pairs, side="right")) - 1
+        r1 = min(max(r1, r0 + 1), r0 + max_rows, n)
+        yield r0, r1
+        r0 = r1
+
+
 @torch.no_grad()
 def min_sums(
     v: sp.csr_matrix,
@@ -268,15 +358,14 @@ def min_sums(
     cols: np.ndarray,
     *,
     device: torch.device,
-    max_pairs: int = 1 << 22,
+    max_pairs: int = 1 << 23,
     max_buffer: int = 1 << 22,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield ``(r0, r1, S)`` with ``S[a, b] = sum_k min(V[rows[r0 + a], k], V[cols[b], k])`` (float64).
+    """Yield ``(r0, r1, S)`` with ``S[a, b] = sum_k min(V[rows[r0 + a], k], V[cols[b], k])`` (float32).
 
-    This is the Jaccard numerator of the references, computed through an inverted index: every stored
-    ``V[i, k]`` is paired with the stored entries of column k among the ``cols`` rows, so the work is the
-    number of co-occurring pairs, not N x N x N. Chunks of query rows are sized so that at most
-    ``max_pairs`` pairs and a ``max_buffer``-element output block exist at a time.
+    The Jaccard numerator of the references, computed through an inverted index: every stored ``V[i, k]``
+    of a query row meets the stored entries of column k among the ``cols`` rows, so the work is the number
+    of co-occurring pairs, not N^2. Chunks hold at most ``max_pairs`` meetings and ``max_buffer`` outputs.
     """
     vr = v[rows].tocsr()
     vr.sort_indices()
@@ -284,36 +373,57 @@ def min_sums(
     vc.sort_indices()
     ncols = len(cols)
     colcount = np.diff(vc.indptr)
-    pairs_per_row = np.add.reduceat(
-        np.append(colcount[vr.indices], 0), np.minimum(vr.indptr[:-1], vr.nnz)
-    ) * (np.diff(vr.indptr) > 0)
+    row_pairs = np.add.reduceat(colcount[vr.indices], vr.indptr[:-1]) if vr.nnz else np.zeros(len(rows))
+    row_pairs = np.where(np.diff(vr.indptr) > 0, row_pairs, 0)
     col_ptr = torch.from_numpy(vc.indptr.astype(np.int64)).to(device)
-    col_cnt = torch.from_numpy(colcount.astype(np.int64)).to(device)
     col_rows = torch.from_numpy(vc.indices.astype(np.int64)).to(device)
     col_vals = torch.from_numpy(vc.data.astype(np.float32)).to(device)
-    nrows = len(rows)
-    max_rows = max(1, max_buffer // max(ncols, 1))
-    r0 = 0
-    while r0 < nrows:
-        r1 = r0 + 1
-        acc = int(pairs_per_row[r0])
-        while r1 < nrows and r1 - r0 < max_rows and acc + int(pairs_per_row[r1]) <= max_pairs:
-            acc += int(pairs_per_row[r1])
-            r1 += 1
+    for r0, r1 in _chunks(row_pairs, max(1, max_buffer // max(ncols, 1)), max_pairs):
         e0, e1 = vr.indptr[r0], vr.indptr[r1]
         ent_k = torch.from_numpy(vr.indices[e0:e1].astype(np.int64)).to(device)
         ent_v = torch.from_numpy(vr.data[e0:e1].astype(np.float32)).to(device)
         ent_row = torch.from_numpy(
             np.repeat(np.arange(r1 - r0, dtype=np.int64), np.diff(vr.indptr[r0 : r1 + 1]))
         ).to(device)
-        cnt = col_cnt[ent_k]
-        total = int(cnt.sum())
-        out = torch.zeros((r1 - r0) * ncols, dtype=torch.float64, device=device)
-        if total:
-            ent = torch.repeat_interleave(torch.arange(len(ent_k), device=device), cnt)
-            first = torch.cumsum(cnt, 0) - cnt
-            pos = col_ptr[ent_k][ent] + (torch.arange(total, device=device) - first[ent])
-            mins = torch.minimum(ent_v[ent], col_vals[pos]).to(torch.float64)
-            out.index_add_(0, ent_row[ent] * ncols + col_rows[pos], mins)
-        yield r0, r1, out.view(r1 - r0, ncols)
-        r0 = r1
+        yield r0, r1, _join(
+            ent_row, ent_v, col_ptr[ent_k], col_ptr[ent_k + 1], col_rows, col_vals, r1 - r0, ncols
+        )
+
+
+@torch.no_grad()
+def min_sums_symmetric_upper(
+    v: sp.csr_matrix,
+    *,
+    device: torch.device,
+    max_pairs: int = 1 << 23,
+    max_buffer: int = 1 << 22,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Like :func:`min_sums` over all rows and columns of V, but only for ``j >= i`` (the rest is zero).
+
+    S is symmetric, so half the meetings suffice: with each column's rows sorted, the partners j >= i of a
+    stored V[i, k] are the suffix of column k's list that starts at i's own entry.
+    """
+    n = v.shape[0]
+    vr = v.tocsr()
+    vr.sort_indices()
+    ids = sp.csr_matrix((np.arange(1, vr.nnz + 1, dtype=np.float64), vr.indices, vr.indptr), shape=v.shape)
+    idc = ids.tocsc()
+    idc.sort_indices()
+    csc_pos = np.empty(vr.nnz, dtype=np.int64)
+    csc_pos[idc.data.astype(np.int64) - 1] = np.arange(vr.nnz, dtype=np.int64)
+    col_ptr_np = idc.indptr.astype(np.int64)
+    col_rows = torch.from_numpy(idc.indices.astype(np.int64)).to(device)
+    col_vals = torch.from_numpy(vr.data[idc.data.astype(np.int64) - 1].astype(np.float32)).to(device)
+    end_np = col_ptr_np[vr.indices + 1]
+    meet = end_np - csc_pos
+    row_pairs = np.add.reduceat(meet, vr.indptr[:-1]) if vr.nnz else np.zeros(n)
+    row_pairs = np.where(np.diff(vr.indptr) > 0, row_pairs, 0)
+    for r0, r1 in _chunks(row_pairs, max(1, max_buffer // max(n, 1)), max_pairs):
+        e0, e1 = vr.indptr[r0], vr.indptr[r1]
+        ent_v = torch.from_numpy(vr.data[e0:e1].astype(np.float32)).to(device)
+        ent_row = torch.from_numpy(
+            np.repeat(np.arange(r1 - r0, dtype=np.int64), np.diff(vr.indptr[r0 : r1 + 1]))
+        ).to(device)
+        start = torch.from_numpy(csc_pos[e0:e1]).to(device)
+        end = torch.from_numpy(end_np[e0:e1]).to(device)
+        yield r0, r1, _join(ent_row, ent_v, start, end, col_rows, col_vals, r1 - r0, n)
