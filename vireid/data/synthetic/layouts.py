@@ -10,6 +10,7 @@ and are small at ``scale="mini"`` so that a layout is written in seconds.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -156,7 +157,12 @@ def plan_sysu_mm01(rng: np.random.Generator, n: int, scale: Scale, perm_rng: np.
                 if k_n:
                     row[0, pid - 1] = np.stack([perm_rng.permutation(k_n) + 1 for _ in range(10)]).astype(np.float64)
             cams[c - 1, 0] = row
-        savemat(str(path), {"rand_perm_cam": cams})
+        buf = io.BytesIO()
+        savemat(buf, {"rand_perm_cam": cams})
+        raw = bytearray(buf.getvalue())
+        # the 116-byte MAT-5 text header carries a creation time; a fixed one keeps the output byte-identical
+        raw[:116] = b"MATLAB 5.0 MAT-file, written by vireid synth".ljust(116, b" ")
+        path.write_bytes(bytes(raw))
 
     sensors = {c: ((1, "nir") if c in SYSU_IR else (0, "rgb")) for c in range(1, 7)}
     scenes = {1: False, 2: False, 4: True, 5: True, 6: True}  # cam3 shares cam2's location

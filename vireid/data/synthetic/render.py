@@ -184,7 +184,9 @@ def sample_scene(rng: np.random.Generator, outdoor: bool) -> Scene:
         h = rng.uniform(0.4, 1.2) if kind == "pole" else rng.uniform(0.08, 0.5)
         warm = rng.random() < 0.2  # lamps, engines, radiators: bright in IR
         emis = rng.uniform(0.55, 0.85) if warm else rng.uniform(0.05, 0.4)
-        objects.append((kind, x0, y0, x0 + w, y0 + h, _random_colour(rng), float(emis)))
+        col = _random_colour(rng)
+        col = (0.5 * col + 0.5 * col.mean()).astype(np.float32)  # man-made backgrounds: muted colours
+        objects.append((kind, x0, y0, x0 + w, y0 + h, col, float(emis)))
     return Scene(
         horizon=float(rng.uniform(0.55, 0.8)),
         wall_rgb=(top.astype(np.float32), bottom.astype(np.float32)),
@@ -592,30 +594,37 @@ def _downsample(a: np.ndarray) -> np.ndarray:
     return out * np.float32(1.0 / (SS * SS))
 
 
-def _composite(r: Raster, person: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """Anti-aliased composite at output resolution: mean of the 2x person pixels over the background."""
-    inside = r.mat >= 0
-    if person.ndim == 3:
-        alpha = _downsample(inside.astype(np.float32))[..., None]
-        fg = _downsample(np.where(inside[..., None], person, 0))
-    else:
-        alpha = _downsample(inside.astype(np.float32))
-        fg = _downsample(np.where(inside, person, 0))
-    return fg + (1.0 - alpha) * bg
+def _composite(r: Raster, plane: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Anti-aliased composite of one 2x-resolution person plane over an output-resolution background plane."""
+    return _downsample(plane) + (1.0 - alpha) * bg
+
+
+def _planes(r: Raster, palette: np.ndarray, shade: np.ndarray) -> np.ndarray:
+    """Per-pixel palette value times shading, zero outside the person (2-D, channels handled by the caller)."""
+    idx = np.maximum(r.mat, 0).astype(np.intp)
+    out = np.take(palette, idx)
+    out *= shade
+    out[r.mat < 0] = 0.0
+    return out
 
 
 def to_rgb(r: Raster, view: View, sensor: Sensor, rng: np.random.Generator) -> Image.Image:
     """Visible image: material colours under the camera's illumination, shading, noise."""
-    person = r.rgb.astype(np.float32)[np.maximum(r.mat, 0)] * r.shade[..., None]
-    img = _composite(r, person, r.bg_rgb) * (sensor.cast * np.float32(sensor.brightness * view.exposure))
+    alpha = _downsample((r.mat >= 0).astype(np.float32))
+    gain = sensor.cast * np.float32(sensor.brightness * view.exposure)
+    h, w = alpha.shape
+    img = np.empty((h, w, 3), np.float32)
+    for c in range(3):
+        plane = _planes(r, r.rgb[:, c].astype(np.float32), r.shade)
+        img[..., c] = _composite(r, plane, r.bg_rgb[..., c], alpha) * gain[c]
     img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sensor.noise)
     return Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
 
 
 def to_ir(r: Raster, view: View, sensor: Sensor, rng: np.random.Generator, channels: int = 3) -> Image.Image:
     """Infrared image: emissivity (not colour) times the camera gain, cool background, slight blur, noise."""
-    person = r.emis[np.maximum(r.mat, 0)] * (0.8 + 0.2 * r.shade)
-    val = _composite(r, person, r.bg_emis)
+    alpha = _downsample((r.mat >= 0).astype(np.float32))
+    val = _composite(r, _planes(r, r.emis.astype(np.float32), 0.8 + 0.2 * r.shade), r.bg_emis, alpha)
     val = val * np.float32(sensor.gain * view.ir_jitter) + np.float32(sensor.offset)
     if sensor.style == "thermal":
         val = np.clip(val, 0, 1) ** 1.3  # thermal cameras compress the cool end
