@@ -320,7 +320,7 @@ def plan_market(rng: np.random.Generator, n: int, scale: Scale, gen: bool) -> Pl
             for cam in cams:
                 seq = _counts(rng, 1, 6)
                 frame = int(rng.integers(1, 9000)) * 10
-                n_img = _counts(rng, 2, 6) if full else _counts(rng, 1, 3)
+                n_img = (_counts(rng, 2, 6) + int(rng.random() < 0.3)) if full else _counts(rng, 1, 3)
                 folder = train_dir if split == "train" else test_dir
                 for k in range(n_img):
                     frame += int(rng.integers(5, 40))
