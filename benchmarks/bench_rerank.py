@@ -1,0 +1,118 @@
+"""Benchmark: sparse chunked k-reciprocal re-ranking vs the dense original formulation (SPEC 2.5).
+
+Q + G = 10,000 samples, D = 2048, clustered synthetic features. Each method runs in its own subprocess so
+that peak RSS (ru_maxrss) is measured fairly; the baseline RSS after imports and data loading is reported
+too. Prints the speed ratio, the peak-memory ratio and the largest difference of the outputs, and appends
+rows to benchmarks/results/rerank.csv.
+
+    python benchmarks/bench_rerank.py [--queries 2000] [--gallery 8000] [--dim 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "rerank.csv"
+
+
+def make_features(n: int, dim: int, ids: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids, dim)).astype(np.float32)
+    labels = rng.integers(0, ids, n)
+    return centres[labels] + 1.0 * rng.normal(size=(n, dim)).astype(np.float32)
+
+
+def worker(method: str, path: str, nq: int, out: str) -> None:
+    import torch  # noqa: F401  (imported before the baseline so both methods pay for it)
+
+    from vireid.evaluation.rerank import k_reciprocal_rerank
+    from vireid.evaluation.rerank_reference import rerank_dense_from_features
+
+    x = np.load(path)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if method == "sparse":
+        d = k_reciprocal_rerank(x[:nq], x[nq:])
+    else:
+        d = rerank_dense_from_features(x[:nq], x[nq:])
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    np.save(out, d)
+    print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "base_mb": base / 1024}))
+
+
+def run(method: str, path: str, nq: int, out: str) -> dict[str, float]:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    res = subprocess.run(
+        [sys.executable, __file__, "--worker", method, "--data", path, "--queries", str(nq), "--out", out],
+        capture_output=True, text=True, env=env, check=True,
+    )
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--gallery", type=int, default=8000)
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--worker")
+    ap.add_argument("--data")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    if a.worker:
+        worker(a.worker, a.data, a.queries, a.out)
+        return
+    n = a.queries + a.gallery
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "x.npy")
+        np.save(path, make_features(n, a.dim, ids=max(n // 20, 2)))
+        stats = {}
+        for method in ("sparse", "dense"):
+            stats[method] = run(method, path, a.queries, os.path.join(tmp, f"{method}.npy"))
+            print(method, stats[method], flush=True)
+        fast = np.load(os.path.join(tmp, "sparse.npy"))
+        ref = np.load(os.path.join(tmp, "dense.npy"))
+    diff = np.abs(fast - ref)
+    s, d = stats["sparse"], stats["dense"]
+    speed = d["seconds"] / s["seconds"]
+    mem = (s["peak_mb"] - s["base_mb"]) / max(d["peak_mb"] - d["base_mb"], 1e-9)
+    load = os.getloadavg()[0]
+    print(
+        f"Q+G={n} D={a.dim}: sparse {s['seconds']:.2f} s vs dense {d['seconds']:.2f} s -> {speed:.1f}x faster; "
+        f"peak RSS above baseline {s['peak_mb'] - s['base_mb']:.0f} MB vs {d['peak_mb'] - d['base_mb']:.0f} MB "
+        f"(ratio {mem:.3f}; total {s['peak_mb']:.0f} vs {d['peak_mb']:.0f} MB); max |diff| {diff.max():.2e}, "
+        f"entries > 1e-5: {(diff > 1e-5).sum()} of {diff.size}; load avg {load:.1f}"
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    new = not RESULTS.exists()
+    with RESULTS.open("a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["date", "host_cpus", "load_avg", "queries", "gallery", "dim", "method", "seconds",
+                        "peak_rss_mb", "baseline_rss_mb", "speedup_vs_dense", "mem_ratio_vs_dense",
+                        "max_abs_diff", "entries_diff_gt_1e-5"])
+        now = dt.datetime.now().isoformat(timespec="seconds")
+        for method, st in stats.items():
+            w.writerow([now, os.cpu_count(), f"{load:.1f}", a.queries, a.gallery, a.dim, method,
+                        f"{st['seconds']:.3f}", f"{st['peak_mb']:.0f}", f"{st['base_mb']:.0f}",
+                        f"{speed:.2f}" if method == "sparse" else "1.00",
+                        f"{mem:.3f}" if method == "sparse" else "1.000",
+                        f"{diff.max():.2e}", int((diff > 1e-5).sum())])
+    print(f"appended to {RESULTS} ({platform.processor() or platform.machine()})")
+
+
+if __name__ == "__main__":
+    main()
