@@ -209,16 +209,15 @@ def _sort_rows(x: torch.Tensor) -> torch.Tensor:
     """
     if x.device.type != "cpu":
         return torch.sort(x, dim=1).values
-    a = x.numpy()
-    out = np.empty_like(a)
-    n_threads = max(1, min(torch.get_num_threads(), a.shape[0]))
-    if n_threads == 1 or a.shape[0] * a.shape[1] < 200_000:
-        out[:] = np.sort(a, axis=1)
+    out = x.numpy().copy()
+    n_threads = max(1, min(torch.get_num_threads(), out.shape[0]))
+    if n_threads == 1 or out.size < 200_000:
+        out.sort(axis=1)
     else:
-        bounds = np.linspace(0, a.shape[0], n_threads + 1).astype(int)
+        bounds = np.linspace(0, out.shape[0], n_threads + 1).astype(int)
 
         def work(i: int) -> None:
-            out[bounds[i]:bounds[i + 1]] = np.sort(a[bounds[i]:bounds[i + 1]], axis=1)
+            out[bounds[i]:bounds[i + 1]].sort(axis=1)
 
         with ThreadPoolExecutor(n_threads) as pool:
             list(pool.map(work, range(n_threads)))
@@ -314,30 +313,31 @@ def _rows_fast(d: torch.Tensor, removed: torch.Tensor | None, q_idx: torch.Tenso
     right = torch.searchsorted(s, t, side="right")
     tied = (right - left > 1) & finite
     rank = left
-    idmin = None
-    if need_identity:
-        idmin = torch.full((c, prep.n_ids), float("inf"), dtype=d.dtype, device=dev)
-        idmin.scatter_reduce_(1, prep.g_idx.expand(c, G), dk, reduce="amin")
-        id_rank = (idmin < t[:, :1]).sum(1)
     if bool(tied.any()):
         rank = left.clone()
         pr, pk = tied.nonzero(as_tuple=True)
-        arange_g = torch.arange(G, device=dev)
-        step = max(1, (64 << 20) // (G + 1))
+        step = max(1, (64 << 20) // (4 * G + 1))
         for a in range(0, pr.numel(), step):
             r, k = pr[a:a + step], pk[a:a + step]
-            eq = (dk[r] == t[r, k][:, None]) & (arange_g[None, :] < tcol[r, k][:, None])
-            rank[r, k] += eq.sum(1)
-            if need_identity:
-                first = k == 0
-                if bool(first.any()):
-                    r0, eq0 = r[first], eq[first]
-                    # ids of equal-distance entries that come earlier in the stable order and were not already
-                    # counted (their minimum equals t exactly, so ``idmin < t`` missed them)
-                    seen = torch.zeros((r0.numel(), prep.n_ids), dtype=torch.uint8, device=dev)
-                    seen.scatter_reduce_(1, prep.g_idx.expand(r0.numel(), G), eq0.to(torch.uint8), reduce="amax")
-                    extra = (seen.bool() & (idmin[r0] == t[r0, :1])).sum(1)
-                    id_rank[r0] += extra
+            # the few entries equal to each tied match distance, as (pair, column); count those before the match
+            pair, col = (dk[r] == t[r, k][:, None]).nonzero(as_tuple=True)
+            before = col < tcol[r, k][pair]
+            rank[r, k] += torch.bincount(pair[before], minlength=r.numel())
+    if need_identity:
+        # identity rank = number of distinct ids among the kept entries ranked before the first match: those with
+        # a smaller distance, plus (ties) those with the same distance and a lower column. The query's own id never
+        # qualifies, and removed entries are +inf. Only the entries before the first match are touched.
+        t0 = torch.where(valid[:, None], t[:, :1], float("-inf"))  # invalid rows: nothing before
+        j0 = tcol[:, :1]
+        before = dk < t0
+        tie0 = tied[:, 0]
+        if bool(tie0.any()):
+            rows = tie0.nonzero()[:, 0]
+            cols_idx = torch.arange(G, device=dev)
+            before[rows] |= (dk[rows] == t0[rows]) & (cols_idx[None, :] < j0[rows])
+        r_b, c_b = before.nonzero(as_tuple=True)
+        code = torch.unique(r_b * prep.n_ids + prep.g_idx[c_b])
+        id_rank = torch.bincount(code // prep.n_ids, minlength=c)
     k1 = torch.arange(1, t.shape[1] + 1, device=dev, dtype=torch.float64)
     ap = torch.where(finite, k1 / (rank + 1).to(torch.float64), 0.0).sum(1) / n.clamp_min(1).to(torch.float64)
     last = rank.gather(1, (n - 1).clamp_min(0)[:, None])[:, 0]

@@ -540,6 +540,8 @@ def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool 
             full = cache["dist"]
 
             def dist(a: int, b: int, full: torch.Tensor = full, cols: torch.Tensor = cols) -> torch.Tensor:
+                if full.device.type == "cpu":  # np.take is ~2x faster than index_select along dim 1 on CPU
+                    return torch.from_numpy(np.take(full[a:b].numpy(), cols.numpy(), axis=1))
                 return full[a:b].index_select(1, cols)
 
             dist.shape = (q.size, g.size)  # type: ignore[attr-defined]

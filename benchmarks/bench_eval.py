@@ -1,0 +1,221 @@
+"""Benchmark: vectorised evaluation vs the per-query loop (vireid.evaluation.reference), same data, same run.
+
+Cases (random features with an identity signal, shaped like the real test sets):
+
+  sysu-single   SYSU-MM01 AGW-style: 96 ids, 3,803 IR queries, 301-image RGB gallery, 10 trials
+                (ours: build_protocol + evaluate_protocol end to end, distances included)
+  sysu-multi    SYSU-MM01 official split, multi-shot: 3,010-image gallery, 10 runs
+  regdb         2,060 x 2,060, standard CMC, one trial
+  market        3,368 x 15,913, D = 2048, same-pid-same-camera removal, standard CMC: distances + metrics
+                (target < 5 s and < 2 GB peak on 2 CPU cores)
+
+Each implementation runs in its own spawned process so its peak resident memory (ru_maxrss, whole process:
+Python + torch + the inputs) is its own. The loop baseline gets the same float32 distance matrix (computed by
+``pairwise_distance``); its distance time is included in its seconds. Numbers of both are compared
+(max |difference| in percentage points over Rank-1/5/10/20, mAP, mINP and every CMC point of every trial).
+Writes rows to benchmarks/results/eval.csv.
+
+Run: ``python benchmarks/bench_eval.py [--cases sysu-single sysu-multi regdb market] [--dim 2048]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import platform
+import resource
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results" / "eval.csv"
+CASES = ("sysu-single", "sysu-multi", "regdb", "market")
+
+
+def _features(pids: np.ndarray, dim: int, seed: int, noise: float = 2.5) -> np.ndarray:
+    """Identity centre + isotropic noise: realistic-ish retrieval (neither chance nor perfect)."""
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(pids, return_inverse=True)
+    centres = rng.standard_normal((len(uniq), dim), dtype=np.float32)
+    return centres[inv] + noise * rng.standard_normal((len(pids), dim), dtype=np.float32)
+
+
+def _sysu_pool(seed: int = 0):
+    """A SYSU-MM01-shaped test pool: 96 ids, 3,803 IR images, 301 RGB folders of 20 images each."""
+    from vireid.evaluation.protocols import Pool
+
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(np.arange(1, 534), 96, replace=False))
+    folders = [(cam, pid) for pid in ids for cam in (1, 2, 4, 5)]
+    keep = np.sort(rng.choice(len(folders), 301, replace=False))
+    rows = []
+    for k in keep:
+        cam, pid = folders[k]
+        rows += [(f"cam{cam}/{pid:04d}/{n:04d}.jpg", pid, cam, 0) for n in range(1, 21)]
+    ir_folders = [(cam, pid) for pid in ids for cam in (3, 6)]
+    counts = rng.multinomial(3803 - len(ir_folders), np.ones(len(ir_folders)) / len(ir_folders)) + 1
+    for (cam, pid), c in zip(ir_folders, counts):
+        rows += [(f"cam{cam}/{pid:04d}/{n:04d}.jpg", pid, cam, 1) for n in range(1, c + 1)]
+    rows.sort()
+    pool = Pool(np.array([r[1] for r in rows]), np.array([r[2] for r in rows]), np.array([r[3] for r in rows]),
+                np.array([r[0] for r in rows]))
+    return pool
+
+
+def _rand_perm(pool, runs: int = 10, seed: int = 0) -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = [[np.zeros((0, 0)) for _ in range(533)] for _ in range(6)]
+    for cam in (1, 2, 4, 5):
+        for pid in np.unique(pool.pids):
+            n = int(((pool.camids == cam) & (pool.pids == pid)).sum())
+            if n:
+                out[cam - 1][pid - 1] = np.stack([rng.permutation(n) + 1 for _ in range(runs)]).astype(float)
+    return out
+
+
+def _build(case: str, dim: int):
+    """Return (kind, payload) for a case. kind 'plan': (features, plan); kind 'pair': (qf, gf, qp, gp, qk, gk, cmc)."""
+    from vireid.evaluation.metrics import pair_keys
+    from vireid.evaluation.protocols import ProtocolPlan, Trial, sysu_agw, sysu_official
+
+    if case in ("sysu-single", "sysu-multi"):
+        pool = _sysu_pool(0)
+        feats = _features(pool.pids, dim, 1)
+        plan = sysu_agw(pool, "all", 10) if case == "sysu-single" else sysu_official(pool, _rand_perm(pool), "all", 10)
+        return "plan", (feats, plan)
+    if case == "regdb":
+        pids = np.repeat(np.arange(206), 10)
+        feats = _features(np.r_[pids, pids], dim, 2)
+        n = len(pids)
+        plan = ProtocolPlan("regdb", [Trial(0, np.arange(n), np.arange(n, 2 * n))], np.r_[pids, pids],
+                            np.full(2 * n, -1), np.full(2 * n, -2), cmc="standard", direction="v2i")
+        return "plan", (feats, plan)
+    # market
+    rng = np.random.default_rng(3)
+    qp = rng.integers(0, 750, 3368)
+    gp = np.r_[rng.integers(0, 750, 15913 - 2798), np.full(2798, 10_000)]  # gallery with distractors
+    qc, gc = rng.integers(1, 7, 3368), rng.integers(1, 7, 15913)
+    feats = _features(np.r_[qp, gp], dim, 4, noise=3.0)
+    keys = pair_keys(np.r_[qp, gp], np.r_[qc, gc])
+    return "pair", (feats[:3368], feats[3368:], qp, gp, keys[:3368], keys[3368:], "standard")
+
+
+def _summaries(results) -> list[dict]:
+    return [r if isinstance(r, dict) else r.summary() for r in results]
+
+
+def _child(case: str, impl: str, dim: int, method: str, queue) -> None:
+    import torch
+
+    from vireid.evaluation.metrics import evaluate_ranking, feature_distance_fn, pairwise_distance
+    from vireid.evaluation.protocols import evaluate_protocol
+    from vireid.evaluation.reference import reference_metrics
+
+    torch.set_num_threads(torch.get_num_threads())
+    kind, payload = _build(case, dim)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    out = []
+    if kind == "plan":
+        feats, plan = payload
+        if impl == "ours":
+            out = [r.summary() for r in evaluate_protocol(feats, plan).per_trial]
+        else:
+            q = plan.trials[0].query
+            union = np.unique(np.concatenate([t.gallery for t in plan.trials]))
+            from vireid.evaluation.metrics import l2_normalize
+
+            f = l2_normalize(torch.from_numpy(feats))
+            dist = pairwise_distance(f[q], f[union], normalize=False).numpy()
+            for t in plan.trials:
+                d = dist[:, np.searchsorted(union, t.gallery)]
+                r = reference_metrics(d, plan.pids[t.query], plan.pids[t.gallery],
+                                      plan.query_remove_keys[t.query], plan.gallery_remove_keys[t.gallery],
+                                      cmc=plan.cmc, invalid_query_quirk=plan.invalid_query_quirk)
+                cmc = r["cmc"] * 100
+                out.append({"rank1": cmc[0], "rank5": cmc[4], "rank10": cmc[9], "rank20": cmc[19],
+                            "mAP": r["mAP"] * 100, "mINP": r["mINP"] * 100, "cmc": list(cmc),
+                            "num_query": len(t.query), "num_gallery": len(t.gallery)})
+    else:
+        qf, gf, qp, gp, qk, gk, cmc_kind = payload
+        if impl == "ours":
+            r = evaluate_ranking(feature_distance_fn(qf, gf), qp, gp, qk, gk, cmc=cmc_kind, method=method)
+            out = [r.summary()]
+        else:
+            d = pairwise_distance(qf, gf).numpy()
+            r = reference_metrics(d, qp, gp, qk, gk, cmc=cmc_kind)
+            cmc = r["cmc"] * 100
+            out = [{"rank1": cmc[0], "rank5": cmc[4], "rank10": cmc[9], "rank20": cmc[19], "mAP": r["mAP"] * 100,
+                    "mINP": r["mINP"] * 100, "cmc": list(cmc), "num_query": len(qp), "num_gallery": len(gp)}]
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({"seconds": seconds, "peak_mb": peak, "before_mb": rss0, "trials": out})
+
+
+def run_one(case: str, impl: str, dim: int, method: str = "fast") -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(case, impl, dim, method, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def max_diff(a: list[dict], b: list[dict]) -> float:
+    worst = 0.0
+    for x, y in zip(a, b):
+        for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"):
+            worst = max(worst, abs(float(x[k]) - float(y[k])))
+        worst = max(worst, float(np.max(np.abs(np.asarray(x["cmc"]) - np.asarray(y["cmc"])))))
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--also-sort", action="store_true", help="market: also time method='sort' (full argsort)")
+    args = ap.parse_args()
+    import torch
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    new = not RESULTS.exists()
+    with RESULTS.open("a", newline="") as fh:
+        w = csv.writer(fh)
+        if new:
+            w.writerow(["date", "case", "impl", "queries", "gallery", "trials", "dim", "seconds", "peak_rss_mb",
+                        "speedup_vs_loop", "max_diff_pp", "rank1", "mAP", "mINP", "cpus", "torch"])
+        for case in args.cases:
+            ref = run_one(case, "loop", args.dim)
+            impls = [("ours", "fast")] + ([("ours-sort", "sort")] if args.also_sort and case == "market" else [])
+            for name, method in impls:
+                ours = run_one(case, "ours", args.dim, method)
+                diff = max_diff(ours["trials"], ref["trials"])
+                ratio = ref["seconds"] / ours["seconds"]
+                t0 = ours["trials"][0]
+                mean = {k: float(np.mean([t[k] for t in ours["trials"]])) for k in ("rank1", "mAP", "mINP")}
+                print(f"{case:<12} {name:<9} {ours['seconds']:7.2f} s  peak {ours['peak_mb']:7.0f} MB | loop "
+                      f"{ref['seconds']:7.2f} s  peak {ref['peak_mb']:7.0f} MB | {ratio:5.1f}x | "
+                      f"max diff {diff:.2e} pp | R1 {mean['rank1']:.2f} mAP {mean['mAP']:.2f}  "
+                      f"(Q {t0['num_query']}, G {t0['num_gallery']}, {len(ours['trials'])} trials)")
+                now = datetime.now().isoformat(timespec="seconds")
+                for impl, res, sp in ((name, ours, ratio), ("loop", ref, 1.0)):
+                    if impl == "loop" and name != "ours":
+                        continue
+                    w.writerow([now, case, impl, t0["num_query"], t0["num_gallery"], len(res["trials"]), args.dim,
+                                f"{res['seconds']:.3f}", f"{res['peak_mb']:.0f}", f"{sp:.2f}", f"{diff:.2e}",
+                                f"{mean['rank1']:.4f}", f"{mean['mAP']:.4f}", f"{mean['mINP']:.4f}",
+                                torch.get_num_threads(), torch.__version__])
+                fh.flush()
+    print(f"rows appended to {RESULTS.relative_to(ROOT)} ({platform.machine()}, {torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()
