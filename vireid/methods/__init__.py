@@ -1,0 +1,1 @@
+"""Training methods (AGW, CAJ, MSCLNet): model + augmentation + losses, built from plain arguments."""
