@@ -171,3 +171,25 @@ def test_unknown_choices_rejected_by_argparse(tmp_path, capsys, args):
         main(["evaluate", str(npz), *args])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_rerank_flag(tmp_path, capsys):
+    from vireid.evaluation.metrics import evaluate_ranking, l2_normalize
+    from vireid.evaluation.rerank import k_reciprocal_rerank
+
+    import torch
+
+    npz = write_npz(tmp_path / "f.npz", regdb_rows(0, n_ids=8), seed=0)
+    out = tmp_path / "r.json"
+    code, stdout, err = run_cli(["evaluate", npz, "--protocol", "regdb", "--rerank", "--json", out], capsys)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert data["rerank"] is True and "re-ranked" in stdout
+    fs = load_features(npz)
+    f = l2_normalize(torch.from_numpy(fs.features))
+    q, g = np.nonzero(fs.modalities == 0)[0], np.nonzero(fs.modalities == 1)[0]
+    expected = evaluate_ranking(k_reciprocal_rerank(f[q].numpy(), f[g].numpy()), fs.pids[q], fs.pids[g]).summary()
+    for k in ("rank1", "rank5", "mAP", "mINP"):
+        assert data[k] == pytest.approx(expected[k], abs=1e-9)
+    plain = evaluate_protocol(fs.features, build_protocol("regdb", fs)).summary()
+    assert data["cmc"] != plain["cmc"] or data["mAP"] != plain["mAP"]  # re-ranking changed something

@@ -534,7 +534,7 @@ def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool 
                 from vireid.evaluation.rerank import k_reciprocal_rerank
             except ImportError as exc:
                 raise FeaturesError(f"--rerank is unavailable: {exc}") from None
-            dist: Any = np.asarray(k_reciprocal_rerank(feats[q].cpu().numpy(), feats[g].cpu().numpy()))
+            dist: Any = np.asarray(k_reciprocal_rerank(feats[q], feats[g], device=dev))
         elif "dist" in cache:
             cols = torch.from_numpy(np.searchsorted(cache["union"], g)).to(dev)
             full = cache["dist"]
