@@ -112,21 +112,116 @@ class AugmentConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The network (see :func:`vireid.models.build_model`)."""
+
+    arch: Literal["resnet50", "resnet18", "resnet18_half"] = "resnet50"
+    pretrained: str = "imagenet"
+    """"imagenet" (torchvision weights API), "none" (random init), or a path to a local torchvision weights file."""
+    specific_stages: int = 0
+    """Modality-specific part: 0 = stem only (AGW); k = stem + layer1..k."""
+    last_stride: int = 1
+    non_local: bool = True
+    non_local_width: Literal["faithful", "half"] = "faithful"
+    """faithful: 1 inner channel, as in the AGW code behind every published AGW number; half: C/2 (the intent)."""
+    pooling: Literal["gem", "avg"] = "gem"
+    gem_p: float = 3.0
+    gem_learnable: bool = False
+    neck: Literal["bnneck", "none"] = "bnneck"
+    classifier: Literal["linear", "circle"] = "linear"
+
+    def validate(self, key: str) -> None:
+        _check(0 <= self.specific_stages <= 4, f"{key}.specific_stages", self.specific_stages, "an integer in 0..4")
+        _check(self.last_stride in (1, 2), f"{key}.last_stride", self.last_stride, "1 or 2")
+        _check(self.gem_p > 0, f"{key}.gem_p", self.gem_p, "a positive number")
+
+
+@dataclass
+class MethodConfig:
+    """Which published method trains the model, and its loss weights (0 switches a term off)."""
+
+    name: Literal["agw", "caj", "msclnet"] = "agw"
+    weights: dict[str, float] = field(default_factory=dict)
+    """Loss-term weights overriding the method's published defaults, e.g. {wrt: 0} or MSCLNet {div: 0}.
+    Unknown term names are an error that lists the method's terms."""
+    label_smoothing: float = 0.0
+    local_variant: Literal["as_printed", "corrected"] = "as_printed"
+    """MSCLNet L_local: the formula as printed in the paper, or with the sign of the cosine term corrected."""
+    inter_margin: float = 1.0
+    """MSCLNet L_inter: hinge margin that bounds the push-apart of identity centres."""
+
+    def validate(self, key: str) -> None:
+        _check(0.0 <= self.label_smoothing < 1.0, f"{key}.label_smoothing", self.label_smoothing, "a value in [0, 1)")
+        for name, w in self.weights.items():
+            _check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0, f"{key}.weights.{name}", w,
+                   "a weight >= 0")
+
+
+@dataclass
 class TrainConfig:
-    """Optimisation schedule shared by the recipes (each recipe documents its own values)."""
+    """Optimisation, schedule and the training loop (each recipe file documents its own values)."""
 
     epochs: int = 81
     lr: float = 0.1
+    """Head learning rate; the backbone uses 0.1x (AGW family)."""
+    optimizer: Literal["sgd", "adam"] = "sgd"
     weight_decay: float = 5e-4
     momentum: float = 0.9
+    schedule: Literal["agw", "step", "msclnet"] = "agw"
+    """agw: warm-up over warmup_epochs then x gamma at each milestone; step: the same without warm-up;
+    msclnet: 0.1 -> 0.05 (epoch 21) -> 0.01 (51) -> 0.001 (101), as factors of lr."""
     warmup_epochs: int = 10
     milestones: list[int] = field(default_factory=lambda: [20, 50])
     gamma: float = 0.1
+    steps_per_epoch: int | None = None
+    """None = the sampler's rule (floor(max(#RGB, #IR) / (P*K)) + 1)."""
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda, cuda:1, ..."""
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    """auto = bf16 on a GPU that supports it, none on CPU."""
+    channels_last: bool = True
+    grad_accum: int = 1
+    threads: int | None = None
+    """CPU threads for torch (None = torch's default)."""
+    validation: Literal["holdout", "none"] = "holdout"
+    """holdout: SYSU-MM01 val ids (RegDB: holdout_ids of the training ids) are left out of training and used to
+    select the best epoch; none: train on every training id (the published recipes) and keep the last epoch."""
+    holdout_ids: float = 0.1
+    """RegDB/LLCM/SYSU-MM02 holdout: fraction of training identities held out for validation."""
+    eval_every: int = 10
+    """Validate every N epochs (and after the last)."""
+    checkpoint_every: int = 200
+    """Write last.pt every N steps (and at every epoch end) so a killed run resumes mid-epoch."""
+    log_every: int = 20
 
     def validate(self, key: str) -> None:
         _check(self.epochs >= 1, f"{key}.epochs", self.epochs, "an integer >= 1")
         _check(self.lr > 0, f"{key}.lr", self.lr, "a positive number")
         _check(self.milestones == sorted(self.milestones), f"{key}.milestones", self.milestones, "ascending epochs")
+        _check(self.grad_accum >= 1, f"{key}.grad_accum", self.grad_accum, "an integer >= 1")
+        _check(self.steps_per_epoch is None or self.steps_per_epoch >= 1, f"{key}.steps_per_epoch",
+               self.steps_per_epoch, "null or an integer >= 1")
+        _check(0.0 < self.holdout_ids < 1.0, f"{key}.holdout_ids", self.holdout_ids, "a fraction in (0, 1)")
+        _check(self.eval_every >= 1, f"{key}.eval_every", self.eval_every, "an integer >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """How a trained model is tested (and validated during training)."""
+
+    protocol: Literal["auto", "sysu", "sysu-official", "regdb", "sysu-mm02", "llcm"] = "auto"
+    """auto: the dataset's standard protocol (sysu_mm01 -> sysu, regdb -> regdb, ...)."""
+    mode: Literal["all", "indoor"] = "all"
+    trials: int = 10
+    direction: Literal["v2i", "i2v"] = "v2i"
+    flip: bool = False
+    """Average the L2-normalised features of the image and its mirror, then re-normalise (CAJ, AML)."""
+    feature: Literal["bn", "pooled"] = "bn"
+    batch_size: int = 128
+
+    def validate(self, key: str) -> None:
+        _check(self.trials >= 1, f"{key}.trials", self.trials, "an integer >= 1")
+        _check(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "an integer >= 1")
 
 
 @dataclass
@@ -136,7 +231,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     output_dir: str = "runs/default"
 
