@@ -193,3 +193,36 @@ def test_rerank_flag(tmp_path, capsys):
         assert data[k] == pytest.approx(expected[k], abs=1e-9)
     plain = evaluate_protocol(fs.features, build_protocol("regdb", fs)).summary()
     assert data["cmc"] != plain["cmc"] or data["mAP"] != plain["mAP"]  # re-ranking changed something
+
+
+@pytest.mark.parametrize("dataset,protocol,extra", [
+    ("sysu_mm01", "sysu-official", ["--shots", "10"]),
+    ("sysu_mm01", "sysu", ["--mode", "indoor"]),
+    ("llcm", "llcm", ["--direction", "i2v"]),
+])
+def test_end_to_end_on_synthetic_layout(tmp_path, capsys, dataset, protocol, extra):
+    """Synthetic dataset in the real layout -> parser records -> features file -> vireid evaluate --dataset-root."""
+    from vireid.data.datasets import load_dataset
+    from vireid.data.synthetic import write_synthetic
+    from vireid.evaluation import save_features
+
+    root = tmp_path / dataset
+    write_synthetic(dataset, root)
+    test = load_dataset(dataset, root).test
+    feats = np.random.default_rng(0).standard_normal((len(test), 16)).astype(np.float32)
+    npz = save_features(tmp_path / "f.npz", feats, [s.pid for s in test], [s.camid for s in test],
+                        [int(s.modality) for s in test], [s.path for s in test])
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(["evaluate", npz, "--protocol", protocol, "--dataset-root", root, "--json", out, *extra],
+                           capsys)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert data["trials"] == 10 and data["num_query"] > 0 and data["num_gallery"] > 0
+    # dropping one test image must be refused: the galleries depend on every folder's full file list
+    fs = load_features(npz)
+    keep = np.arange(len(fs)) != 0
+    np.savez(tmp_path / "g.npz", features=fs.features[keep], pids=fs.pids[keep], camids=fs.camids[keep],
+             modalities=fs.modalities[keep], paths=fs.paths[keep])
+    code, _, err = run_cli(["evaluate", tmp_path / "g.npz", "--protocol", protocol, "--dataset-root", root, *extra],
+                           capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1

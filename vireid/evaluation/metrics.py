@@ -20,14 +20,16 @@ Removal rule: gallery entry ``j`` is removed for query ``i`` when ``query_remove
 "same pid and same camera" (key = a code of the (pid, cam) pair); use disjoint keys (e.g. -1 vs -2) to remove
 nothing.
 
-How it is computed (and why it is exact): a match's position in the kept list is the number of kept entries with a
-strictly smaller distance, provided no other kept entry has *exactly* the same distance. So per chunk of queries we
-sort only the distance *values* (removed entries set to +inf so they sort last and are never counted) and binary
-search the distances of the matches in them -- no argsort, no gathering of pids. The identity rank of the query is
-the number of other identities whose minimum kept distance is smaller than the query identity's (a segment-min with
-``scatter_reduce``). Rows where a match's distance is tied with any other kept entry are recomputed with a full
-stable argsort (``method="sort"``, which implements the definition directly), so the stable tie order is honoured
-exactly. On CPU the value sort uses NumPy's SIMD sort in parallel threads (measured ~4x faster than ``torch.sort``);
+How it is computed (and why it is exact): in the stable order, a match at gallery column ``j`` with distance ``t``
+sits at kept rank ``#{kept l: d_l < t} + #{kept l: d_l == t, l < j}``. So per chunk of queries we sort only the
+distance *values* (removed entries set to +inf so they sort last and are never counted) and binary-search the
+matches' distances in them -- no argsort, no gathering of pids. The second term (exact ties, common with float32
+distances) is computed only for the (query, match) pairs whose value occurs more than once in the row, from the few
+equal entries. The identity rank of the query is the number of distinct ids among the kept entries that come
+before its first match (smaller distance, or equal distance and lower column) -- usually a handful of entries.
+``method="sort"`` implements the definitions with one full stable argsort per row instead; both are tested
+against the per-query loop of :mod:`vireid.evaluation.reference`, and "fast" measured 2-4x faster (benchmarks/).
+On CPU the value sort is NumPy's SIMD sort on row blocks in threads (several times faster than ``torch.sort``);
 on a GPU everything stays in torch.
 
 Max rank: the CMC curve always has ``max_rank`` entries. When the gallery (or, identity-level, the number of
@@ -157,7 +159,7 @@ def feature_distance_fn(
         gsq = None
     else:
         gsq = (gf * gf).sum(1)
-    gt = gf.t().contiguous()
+    gt = gf.t()  # a view: BLAS reads it transposed, no copy
 
     def chunk(start: int, stop: int) -> torch.Tensor:
         q = qf[start:stop]
@@ -293,7 +295,8 @@ def _rows_fast(d: torch.Tensor, removed: torch.Tensor | None, q_idx: torch.Tenso
 
     A match at gallery column ``j`` with distance ``t`` sits at kept rank ``#{kept l: d_l < t}`` plus
     ``#{kept l: d_l == t, l < j}`` (stable order). The first term is a binary search in the sorted values; the second
-    is only computed for the (row, match) pairs whose value occurs more than once in the row.
+    is only computed for the (row, match) pairs whose value occurs more than once in the row. ``d`` is modified in
+    place (removed entries become +inf): callers pass a private copy.
     """
     c, G = d.shape
     dev = d.device
@@ -391,7 +394,7 @@ def evaluate_ranking(
         max_rank: CMC length (padded with the last value when the gallery is shorter).
         memory_budget_mb: approximate cap on the working memory of one chunk of query rows.
         device: where to compute ("cpu", "cuda", ...); default: where ``distances`` lives.
-        method: "fast" (value sort + binary search, exact; tied rows recomputed) or "sort" (full stable argsort).
+        method: "fast" (value sort + binary search, ties corrected exactly) or "sort" (full stable argsort).
         num_gallery: gallery size to report, when ``distances`` is a column selection of a larger pool.
 
     Raises:

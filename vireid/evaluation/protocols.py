@@ -524,7 +524,7 @@ def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool 
     if progress:
         from tqdm import tqdm
 
-        trials = tqdm(trials, desc=f"{plan.protocol} trials", unit="trial", leave=False)
+        trials = tqdm(trials, desc=f"{plan.protocol} trials", unit="trial", leave=False, disable=None)
     for trial in trials:
         q, g = trial.query, trial.gallery
         if g.size == 0:
