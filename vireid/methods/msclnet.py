@@ -1,0 +1,350 @@
+"""MSCLNet (Zhang et al., ECCV 2022; SPEC 5): AGW* plus modality synergy, modality complement and cascaded
+aggregation losses computed by training-only modules.
+
+MSCLNet has no public code; this is the first open implementation. Every interpretation of the paper is written
+down in the docstrings below and in docs/methods/msclnet.md, and every alternative we considered is a constructor
+argument. At test time only ``self.model`` (the two-stream backbone + BNNeck) is used; the instance normalisation
+and the synergistic encoder live beside it in this method, so the model's ``state_dict`` holds none of their
+weights and its eval output does not depend on them.
+
+Example::
+
+    model = build_model("resnet50", num_classes=395)
+    method = MSCLNetMethod(model, 395)                       # paper weights, AGW* erasing
+    batch = method.make_batch(rgb_u8, ir_u8, y_rgb, y_ir, generator, cam_rgb, cam_ir)
+    terms = method.training_step(batch)                      # {"ce": .., "wrt": .., "div": .., ..., "loss": ..}
+    terms["loss"].backward()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vireid.data.transforms import AGW_ERASING, MSCLNET_PAPER_ERASING, Compose, agw_train_transform
+from vireid.losses import (
+    cross_entropy,
+    global_complement,
+    inter_center,
+    intra_center,
+    local_complement,
+    modality_diversity,
+    subclass_center,
+    weighted_regularized_triplet,
+)
+from vireid.methods.base import Batch, Method, cams_or_unknown
+from vireid.models.msclnet_modules import (
+    FeatureInstanceNorm,
+    SynergyEncoder,
+    horizontal_parts,
+    pair_by_identity,
+    subclass_labels,
+)
+
+__all__ = ["MSCLNetMethod", "DEFAULT_WEIGHTS", "TERMS"]
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "ce": 1.0,       # AGW*: identity cross-entropy on the model's logits
+    "wrt": 1.0,      # AGW*: weighted regularised triplet on the pooled feature
+    "div": 0.5,      # lambda_div: modality diversity -KL(softmax f^v || softmax f^r)
+    "t": 1.25,       # lambda_t: identity cross-entropy on each modality's logits
+    "local": 0.8,    # lambda_local: fine-grained complement over 6 parts (f^v vs f^s)
+    "global": 1.5,   # lambda_global: coarse-grained complement (identity centres of f^s vs f^r)
+    "sub": 1.0,      # cascaded aggregation: samples -> sub-class centres
+    "intra": 1.0,    # cascaded aggregation: sub-class centres -> identity centre
+    "inter": 1.0,    # cascaded aggregation: identity centres apart
+}
+"""The paper's weights (SPEC 5), on top of AGW*'s CE + WRT at 1:1. Set a weight to 0 to switch a term off."""
+
+TERMS = tuple(DEFAULT_WEIGHTS)
+_SYNERGY_TERMS = ("local", "global", "sub", "intra", "inter")
+_ERASING = {"agw": AGW_ERASING, "paper": MSCLNET_PAPER_ERASING}
+
+
+class MSCLNetMethod(Method):
+    """MSCLNet training: AGW* batches and losses plus the MSCLNet terms.
+
+    Args:
+        model: a :class:`~vireid.models.VIReIDModel` (two-stream backbone, GeM, BNNeck, linear classifier) whose
+            training forward returns ``TrainOutput(feature_map, pooled, bn, logits)``.
+        num_classes: number of training identities (checked against the classifier's width).
+        weights: overrides of :data:`DEFAULT_WEIGHTS` by name (unknown names are an error). A zero weight switches
+            the term off: it is neither computed nor reported. With every MSCLNet weight at 0 this is AGW*.
+        local_variant: ``"as_printed"`` (default): ``cos + sqrt(2 - 2 cos)`` per part, exactly the paper's formula,
+            whose cos term *rewards* dissimilar parts while the distance term rewards similar ones;
+            ``"corrected"``: ``(1 - cos) + sqrt(2 - 2 cos)``, both terms pulling f^s parts towards f^v parts.
+        inter_margin: L_inter as a hinge ``mean max(0, m - ||C_i - C_j||^2)`` over identity pairs (default m = 1.0,
+            in squared units of the L2-normalised features, whose squared distances lie in [0, 4]). ``None`` is the
+            printed ``-mean ||C_i - C_j||^2``; still bounded (by -4) with ``feature_norm="l2"``, refused with
+            ``feature_norm="none"`` where it is unbounded.
+        div_direction, div_max_kl: L_div's KL direction (``"v_r"`` as printed, ``"r_v"``, ``"symmetric"``) and an
+            optional clamp of each pair's KL (None = as printed; the instance normalisation already bounds it).
+        erasing: random-erasing preset: ``"agw"`` (p 0.5, area 0.02-0.4; the AGW* default), ``"paper"`` (as printed
+            in MSCLNet: p 0.8, area 0.2-0.8), ``"none"``, or a dict with keys p, area, ratio.
+        hidden_size, rounds, mogrifier_rank, fusion: the synergistic encoder S (see
+            :class:`~vireid.models.msclnet_modules.SynergyEncoder`): LSTM width (default 512), Mogrifier rounds r
+            (default 5), optional low-rank factorisation of the mogrifier matrices, and how paired parts enter it.
+        parts: number of horizontal stripes (6 in the paper). part_pool: pooling inside a stripe, ``"avg"``/``"max"``.
+        instance_norm_affine: learnable scale/shift after the instance normalisation (off: parameter-free).
+        feature_norm: ``"l2"`` (default) L2-normalises the descriptors entering L_global and the cascade terms;
+            ``"none"`` uses them raw (their squared distances then scale with the feature dimension).
+        complement_grad: ``"synergy"`` (default; the paper: "L_com ... updating theta_s"): L_local and L_global train
+            the encoder only -- S runs on detached inputs and the f^v / f^r targets are detached; ``"all"``: their
+            gradients also reach the backbone.
+        cascade_on: ``"synergy"`` (default, as printed: f^s with sub-class (identity, visible camera, infrared
+            camera)); ``"modality"``: the model's pooled features of all images with sub-class (identity, camera).
+        synergy_subclass: with ``cascade_on="synergy"``, the cameras that define a synergistic feature's sub-class:
+            ``"pair"`` (default; both images' cameras -- in a SYSU batch many such sub-classes hold one pair, where
+            L_sub is 0), ``"visible"`` or ``"infrared"`` (coarser sub-classes, more samples each).
+        height, width, pad: training image size and crop padding.
+        backbone_lr_mult: backbone lr = this x lr. 0.1 (default) keeps AGW's split that AGW* (the paper's baseline)
+            was trained with; 1.0 is the paper's literal single lr 0.1 for everything.
+        synergy_lr_mult: lr multiplier for the training-only modules (fresh weights: default 1.0, like the head).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        *,
+        weights: Mapping[str, float] | None = None,
+        local_variant: Literal["as_printed", "corrected"] = "as_printed",
+        inter_margin: float | None = 1.0,
+        div_direction: Literal["v_r", "r_v", "symmetric"] = "v_r",
+        div_max_kl: float | None = None,
+        erasing: Literal["agw", "paper", "none"] | Mapping[str, object] = "agw",
+        hidden_size: int = 512,
+        rounds: int = 5,
+        mogrifier_rank: int | None = None,
+        fusion: Literal["concat", "interleave"] = "concat",
+        parts: int = 6,
+        part_pool: Literal["avg", "max"] = "avg",
+        instance_norm_affine: bool = False,
+        feature_norm: Literal["l2", "none"] = "l2",
+        complement_grad: Literal["synergy", "all"] = "synergy",
+        cascade_on: Literal["synergy", "modality"] = "synergy",
+        synergy_subclass: Literal["pair", "visible", "infrared"] = "pair",
+        height: int = 288,
+        width: int = 144,
+        pad: int = 10,
+        backbone_lr_mult: float = 0.1,
+        synergy_lr_mult: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.num_classes = int(num_classes)
+        merged = dict(DEFAULT_WEIGHTS)
+        for name, value in (weights or {}).items():
+            if name not in DEFAULT_WEIGHTS:
+                raise ValueError(f"unknown MSCLNet loss weight {name!r}; known: {', '.join(TERMS)}")
+            if not math.isfinite(float(value)) or float(value) < 0:
+                raise ValueError(f"MSCLNet loss weight {name}={value!r} is invalid; expected a finite number >= 0")
+            merged[name] = float(value)
+        self.weights = merged
+        _choice("local_variant", local_variant, ("as_printed", "corrected"))
+        _choice("feature_norm", feature_norm, ("l2", "none"))
+        _choice("complement_grad", complement_grad, ("synergy", "all"))
+        _choice("cascade_on", cascade_on, ("synergy", "modality"))
+        _choice("synergy_subclass", synergy_subclass, ("pair", "visible", "infrared"))
+        self.synergy_subclass = synergy_subclass
+        if inter_margin is None and feature_norm == "none" and merged["inter"] > 0:
+            raise ValueError("L_inter without a margin is unbounded on raw features; set inter_margin or use "
+                             "feature_norm='l2'")
+        _choice("div_direction", div_direction, ("v_r", "r_v", "symmetric"))
+        self.local_variant, self.inter_margin = local_variant, inter_margin
+        self.div_direction, self.div_max_kl = div_direction, div_max_kl
+        self.feature_norm, self.complement_grad, self.cascade_on = feature_norm, complement_grad, cascade_on
+        self.parts, self.part_pool = parts, part_pool
+        self.backbone_lr_mult, self.synergy_lr_mult = float(backbone_lr_mult), float(synergy_lr_mult)
+
+        channels = getattr(model, "feature_dim", None)
+        if not isinstance(channels, int):
+            raise ValueError("MSCLNetMethod needs model.feature_dim (the channel count of the feature map)")
+        # Training-only modules: attributes of the method, never of self.model.
+        self.instance_norm = FeatureInstanceNorm(channels, affine=instance_norm_affine)
+        self.synergy = SynergyEncoder(channels, hidden_size, rounds, mogrifier_rank, fusion)
+
+        preset = _erasing_preset(erasing)
+        self.height, self.width = height, width
+        self.transform: Compose = agw_train_transform(
+            height, width, pad=pad, flip=0.5, erasing=float(preset["p"]),  # type: ignore[arg-type]
+            erasing_area=tuple(preset["area"]), erasing_ratio=float(preset["ratio"]),  # type: ignore[arg-type]
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Batches
+
+    def make_batch(
+        self,
+        rgb_u8: torch.Tensor,
+        ir_u8: torch.Tensor,
+        rgb_labels: torch.Tensor,
+        ir_labels: torch.Tensor,
+        generator: torch.Generator,
+        rgb_cams: torch.Tensor | None = None,
+        ir_cams: torch.Tensor | None = None,
+    ) -> Batch:
+        """AGW* augmentation (pad-crop, flip, normalise, random erasing) of the RGB then the IR batch, concatenated
+        RGB first; labels and cameras concatenated in the same order."""
+        device = rgb_u8.device
+        rgb = self.transform(rgb_u8, generator)
+        ir = self.transform(ir_u8, generator)
+        n_rgb, n_ir = rgb.shape[0], ir.shape[0]
+        labels = torch.cat([rgb_labels.to(device, torch.long), ir_labels.to(device, torch.long)])
+        modalities = torch.cat([torch.zeros(n_rgb, dtype=torch.long, device=device),
+                                torch.ones(n_ir, dtype=torch.long, device=device)])
+        cams = torch.cat([cams_or_unknown(rgb_cams, n_rgb, device), cams_or_unknown(ir_cams, n_ir, device)])
+        return Batch(torch.cat([rgb, ir]), labels, modalities, cams)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Losses
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Forward the model, compute every term whose weight is non-zero; returns weighted terms and ``"loss"``."""
+        w = self.weights
+        out = self.model(batch.images, batch.modalities)
+        labels, mods, cams = batch.labels, batch.modalities, batch.camids
+        raw: dict[str, torch.Tensor] = {}
+
+        if w["ce"] > 0 or w["t"] > 0:
+            if out.logits is None:
+                raise ValueError("MSCLNet's identity losses need a classifier; build the model with num_classes > 0")
+            if out.logits.shape[1] != self.num_classes:
+                raise ValueError(f"the model classifies {out.logits.shape[1]} identities, the method expects "
+                                 f"{self.num_classes}")
+        if w["ce"] > 0:
+            raw["ce"] = cross_entropy(out.logits, labels)
+        if w["wrt"] > 0:
+            raw["wrt"] = weighted_regularized_triplet(out.pooled, labels)
+
+        vis = torch.nonzero(mods == 0).flatten()
+        ir = torch.nonzero(mods == 1).flatten()
+        if w["t"] > 0:
+            # L_t: identity CE on each modality's logits (sum of the two per-modality means). The model has one
+            # shared classifier, so with ce > 0 this re-weights CE per modality; ce = 0 makes L_t replace it.
+            raw["t"] = sum((cross_entropy(out.logits[idx], labels[idx]) for idx in (vis, ir) if idx.numel()),
+                           out.logits.new_zeros(()))
+
+        need_div = w["div"] > 0
+        need_syn = any(w[k] > 0 for k in _SYNERGY_TERMS)
+        if need_div or need_syn:
+            raw.update(self._msclnet_terms(out, labels, cams, vis, ir, need_div))
+
+        terms = {name: w[name] * value for name, value in raw.items()}
+        device = batch.images.device
+        terms["loss"] = sum(terms.values(), torch.zeros((), device=device))
+        return terms
+
+    def _msclnet_terms(self, out, labels: torch.Tensor, cams: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor,
+                       need_div: bool) -> dict[str, torch.Tensor]:
+        """The MS, MC and CA terms from the instance-normalised feature maps (unweighted)."""
+        w = self.weights
+        terms: dict[str, torch.Tensor] = {}
+        fmap = out.feature_map
+        # f^v, f^r as part sequences [N, T, C] of the instance-normalised maps of each modality.
+        parts_v = horizontal_parts(self.instance_norm(fmap[vis]), self.parts, self.part_pool)
+        parts_r = horizontal_parts(self.instance_norm(fmap[ir]), self.parts, self.part_pool)
+        y_v, y_r = labels[vis], labels[ir]
+        iv, jr = pair_by_identity(y_v, y_r)
+        if iv.numel() == 0:
+            raise ValueError("MSCLNet needs at least one identity with both an RGB and an IR image in the batch "
+                             "(use the cross-modality identity sampler)")
+        pv, pr, y_pair = parts_v[iv], parts_r[jr], y_v[iv]
+
+        if need_div:
+            # L_div on the paired, concatenated part descriptors (softmax over their T*C entries).
+            terms["div"] = modality_diversity(pv.flatten(1), pr.flatten(1), direction=self.div_direction,
+                                              max_kl=self.div_max_kl)
+
+        need_com = w["local"] > 0 or w["global"] > 0
+        need_cas = any(w[k] > 0 for k in ("sub", "intra", "inter"))
+        synergy_needs_grad_path = need_cas and self.cascade_on == "synergy"
+        parts_s = self.synergy(pv, pr) if (synergy_needs_grad_path or (need_com and self.complement_grad == "all")) \
+            else None
+
+        if need_com:
+            if self.complement_grad == "synergy":
+                # "updating theta_s": S sees detached inputs, targets are detached -> only S learns from L_com.
+                s_com = self.synergy(pv.detach(), pr.detach())
+                tv, tr = pv.detach(), parts_r.detach()
+            else:
+                s_com, tv, tr = parts_s, pv, parts_r
+            if w["local"] > 0:
+                terms["local"] = local_complement(tv, s_com, variant=self.local_variant)
+            if w["global"] > 0:
+                terms["global"] = global_complement(self._norm(s_com.flatten(1)), self._norm(tr.flatten(1)),
+                                                    y_pair, y_r)
+
+        if need_cas:
+            if self.cascade_on == "synergy":
+                feats, ids = self._norm(parts_s.flatten(1)), y_pair
+                cam_v, cam_r = cams[vis][iv], cams[ir][jr]
+                known = bool((cam_v >= 0).all() and (cam_r >= 0).all())
+                # Sub-class of a synergistic feature: (identity, visible camera, infrared camera) by default, encoded
+                # as one non-negative key per sample (the loss groups by (identity, key)).
+                which = {"pair": (cam_v, cam_r), "visible": (cam_v,), "infrared": (cam_r,)}[self.synergy_subclass]
+                sub_key = subclass_labels(ids, *which) if known else None
+            else:
+                feats, ids = self._norm(out.pooled), labels
+                known = bool((cams >= 0).all())
+                sub_key = cams if known else None
+            if (w["sub"] > 0 or w["intra"] > 0) and sub_key is None:
+                raise ValueError("MSCLNet's sub-class terms (sub, intra) need camera ids, but some are -1 (unknown); "
+                                 "pass rgb_cams/ir_cams to make_batch or set weights sub=0 and intra=0")
+            if w["sub"] > 0:
+                terms["sub"] = subclass_center(feats, ids, sub_key)
+            if w["intra"] > 0:
+                terms["intra"] = intra_center(feats, ids, sub_key)
+            if w["inter"] > 0:
+                # Identity centres = mean of sub-class centres when cameras are known (the cascade), else of samples.
+                terms["inter"] = inter_center(feats, ids, sub_key, margin=self.inter_margin)
+        return terms
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1) if self.feature_norm == "l2" else x
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Optimiser
+
+    def training_only_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the modules that exist only for training (instance norm affine, synergy encoder)."""
+        yield from self.instance_norm.parameters()
+        yield from self.synergy.parameters()
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Three groups: model head (BNNeck + classifier) at ``lr``; the rest of the model at
+        ``backbone_lr_mult * lr`` (0.1 = AGW's split, 1.0 = the paper's single lr); training-only modules at
+        ``synergy_lr_mult * lr``."""
+        head = [p for p in self.model.head_parameters() if p.requires_grad]
+        head_ids = {id(p) for p in head}
+        backbone = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head_ids]
+        extra = [p for p in self.training_only_parameters() if p.requires_grad]
+        groups = [
+            {"params": backbone, "lr": self.backbone_lr_mult * lr, "weight_decay": weight_decay, "name": "backbone"},
+            {"params": head, "lr": lr, "weight_decay": weight_decay, "name": "head"},
+            {"params": extra, "lr": self.synergy_lr_mult * lr, "weight_decay": weight_decay, "name": "msclnet"},
+        ]
+        return [g for g in groups if g["params"]]
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is unknown; expected one of {', '.join(allowed)}")
+
+
+def _erasing_preset(erasing: str | Mapping[str, object]) -> Mapping[str, object]:
+    if isinstance(erasing, Mapping):
+        missing = {"p", "area", "ratio"} - set(erasing)
+        if missing:
+            raise ValueError(f"erasing dict lacks {', '.join(sorted(missing))}; expected keys p, area, ratio")
+        return erasing
+    if erasing == "none":
+        return {"p": 0.0, "area": (0.02, 0.4), "ratio": 0.3}
+    if erasing not in _ERASING:
+        raise ValueError(f"erasing={erasing!r} is unknown; expected 'agw', 'paper', 'none' or a dict")
+    return _ERASING[erasing]
