@@ -16,9 +16,10 @@ that trial's gallery, with the same ``pairwise_distance``) and runs the per-quer
 queries x union-of-galleries distances once and indexes them per trial. The loop's metric-only seconds are printed
 too ("loop-only"), so the share of the distance computation is visible. Numbers of both are compared
 (max |difference| in percentage points over Rank-1/5/10/20, mAP, mINP and every CMC point of every trial).
+Both sides get one small untimed warm-up run first. ``--repeat N`` keeps the fastest of N runs of each side.
 Writes rows to benchmarks/results/eval.csv.
 
-Run: ``python benchmarks/bench_eval.py [--cases sysu-single sysu-multi regdb market] [--dim 2048]``.
+Run: ``python benchmarks/bench_eval.py [--cases sysu-single sysu-multi regdb market] [--dim 2048] [--repeat 3]``.
 """
 
 from __future__ import annotations
@@ -124,6 +125,22 @@ def _summaries(results) -> list[dict]:
     return [r if isinstance(r, dict) else r.summary() for r in results]
 
 
+def _warm_up(impl: str) -> None:
+    """One small untimed run of the same code path (thread pools, BLAS and allocator start-up) for both sides."""
+    import torch
+
+    from vireid.evaluation.metrics import evaluate_ranking, feature_distance_fn, pairwise_distance
+    from vireid.evaluation.reference import reference_metrics
+
+    rng = np.random.default_rng(0)
+    qf, gf = rng.standard_normal((300, 64), dtype=np.float32), rng.standard_normal((2000, 64), dtype=np.float32)
+    qp, gp = rng.integers(0, 50, 300), rng.integers(0, 50, 2000)
+    if impl == "ours":
+        evaluate_ranking(feature_distance_fn(qf, gf), qp, gp, cmc="identity")
+    else:
+        reference_metrics(pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf)).numpy(), qp, gp)
+
+
 def _child(case: str, impl: str, dim: int, method: str, queue) -> None:
     import torch
 
@@ -132,6 +149,7 @@ def _child(case: str, impl: str, dim: int, method: str, queue) -> None:
     from vireid.evaluation.reference import reference_metrics
 
     kind, payload = _build(case, dim)
+    _warm_up(impl)
     rss0 = _current_rss_mb()
     t0 = time.perf_counter()
     out = []
@@ -175,14 +193,20 @@ def _child(case: str, impl: str, dim: int, method: str, queue) -> None:
     queue.put({"seconds": seconds, "loop_only_s": loop_s, "peak_mb": peak, "before_mb": rss0, "trials": out})
 
 
-def run_one(case: str, impl: str, dim: int, method: str = "fast") -> dict:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(case, impl, dim, method, q))
-    p.start()
-    res = q.get()
-    p.join()
-    return res
+def run_one(case: str, impl: str, dim: int, method: str = "fast", repeat: int = 1) -> dict:
+    """Run one side in a fresh spawned process; with ``repeat`` > 1 keep the fastest run."""
+    best = None
+    for _ in range(repeat):
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        p = ctx.Process(target=_child, args=(case, impl, dim, method, q))
+        p.start()
+        res = q.get()
+        p.join()
+        if best is None or res["seconds"] < best["seconds"]:
+            best = res
+    assert best is not None
+    return best
 
 
 def max_diff(a: list[dict], b: list[dict]) -> float:
@@ -198,6 +222,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per side; the fastest is kept (shared machines)")
     ap.add_argument("--also-sort", action="store_true", help="market: also time method='sort' (full argsort)")
     args = ap.parse_args()
     import torch
@@ -210,10 +235,10 @@ def main() -> None:
             w.writerow(["date", "case", "impl", "queries", "gallery", "trials", "dim", "seconds", "loop_only_s", "peak_rss_mb", "rss_before_mb",
                         "speedup_vs_loop", "max_diff_pp", "rank1", "mAP", "mINP", "cpus", "torch"])
         for case in args.cases:
-            ref = run_one(case, "loop", args.dim)
+            ref = run_one(case, "loop", args.dim, repeat=args.repeat)
             impls = [("ours", "fast")] + ([("ours-sort", "sort")] if args.also_sort and case == "market" else [])
             for name, method in impls:
-                ours = run_one(case, "ours", args.dim, method)
+                ours = run_one(case, "ours", args.dim, method, repeat=args.repeat)
                 diff = max_diff(ours["trials"], ref["trials"])
                 ratio = ref["seconds"] / ours["seconds"]
                 t0 = ours["trials"][0]

@@ -313,8 +313,9 @@ def _rows_fast(d: torch.Tensor, removed: torch.Tensor | None, q_idx: torch.Tenso
     valid = n > 0
     s = _sort_rows(dk)
     left = torch.searchsorted(s, t, side="left")
-    right = torch.searchsorted(s, t, side="right")
-    tied = (right - left > 1) & finite
+    # s[left] is t itself (or an equal value); t is tied with another kept entry iff the next value is equal too
+    nxt = s.gather(1, (left + 1).clamp_max(G - 1))
+    tied = (nxt == t) & (left + 1 < G) & finite
     rank = left
     if bool(tied.any()):
         rank = left.clone()
@@ -330,17 +331,21 @@ def _rows_fast(d: torch.Tensor, removed: torch.Tensor | None, q_idx: torch.Tenso
         # identity rank = number of distinct ids among the kept entries ranked before the first match: those with
         # a smaller distance, plus (ties) those with the same distance and a lower column. The query's own id never
         # qualifies, and removed entries are +inf. Only the entries before the first match are touched.
-        t0 = torch.where(valid[:, None], t[:, :1], float("-inf"))  # invalid rows: nothing before
-        j0 = tcol[:, :1]
-        before = dk < t0
-        tie0 = tied[:, 0]
-        if bool(tie0.any()):
-            rows = tie0.nonzero()[:, 0]
-            cols_idx = torch.arange(G, device=dev)
-            before[rows] |= (dk[rows] == t0[rows]) & (cols_idx[None, :] < j0[rows])
-        r_b, c_b = before.nonzero(as_tuple=True)
-        code = torch.unique(r_b * prep.n_ids + prep.g_idx[c_b])
-        id_rank = torch.bincount(code // prep.n_ids, minlength=c)
+        # rows whose first match is at kept rank 0 have identity rank 0: only the others are scanned
+        need = (valid & (rank[:, 0] > 0)).nonzero()[:, 0]
+        id_rank = torch.zeros(c, dtype=torch.int64, device=dev)
+        if need.numel():
+            sub = dk[need] if need.numel() < c else dk
+            t0, j0 = t[need, :1], tcol[need, :1]
+            before = sub < t0
+            tie0 = tied[need, 0]
+            if bool(tie0.any()):
+                rows = tie0.nonzero()[:, 0]
+                cols_idx = torch.arange(G, device=dev)
+                before[rows] |= (sub[rows] == t0[rows]) & (cols_idx[None, :] < j0[rows])
+            r_b, c_b = before.nonzero(as_tuple=True)
+            code = torch.unique(r_b * prep.n_ids + prep.g_idx[c_b])
+            id_rank[need] = torch.bincount(code // prep.n_ids, minlength=need.numel())
     k1 = torch.arange(1, t.shape[1] + 1, device=dev, dtype=torch.float64)
     ap = torch.where(finite, k1 / (rank + 1).to(torch.float64), 0.0).sum(1) / n.clamp_min(1).to(torch.float64)
     last = rank.gather(1, (n - 1).clamp_min(0)[:, None])[:, 0]
