@@ -387,6 +387,9 @@ def test_combine_weights_and_switching_off():
     assert combine({"ce": a, "wrt": b}, {"ce": 1.0})[0].item() == pytest.approx(2.0)
     # a switched-off term need not be computed at all
     assert combine({"ce": a}, {"ce": 1.0, "wrt": 0.0})[0].item() == pytest.approx(2.0)
+    # no logs requested: same total, nothing read back
+    total, logs = combine({"ce": a, "wrt": b}, {"ce": 1.0, "wrt": 0.5}, return_logs=False)
+    assert total.item() == pytest.approx(3.5) and logs == {}
     # everything off: zero total
     total, logs = combine({"ce": a}, {"ce": 0.0})
     assert total.item() == 0.0 and logs == {"loss": 0.0}

@@ -22,6 +22,7 @@ def combine(
     terms: Mapping[str, torch.Tensor],
     weights: Mapping[str, float],
     known: Iterable[str] | None = None,
+    return_logs: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``total = Σ_name weights[name] · terms[name]`` over the terms whose weight is non-zero.
 
@@ -34,7 +35,8 @@ def combine(
 
     Returns ``(total, logs)``: ``total`` is a scalar tensor (float32 zero on the terms' device when every term is
     off); ``logs`` holds each enabled term's unweighted value and ``"loss"`` (the total) as Python floats, read back
-    from the device in one transfer.
+    from the device in one transfer. That transfer synchronises with the GPU; a caller that logs elsewhere (or only
+    every k steps) passes ``return_logs=False`` and gets ``{}`` with no synchronisation.
     """
     names = set(known) if known is not None else set(terms)
     if known is not None:
@@ -60,8 +62,10 @@ def combine(
         active.append((name, w, t))
     if not active:
         device = next(iter(terms.values())).device if terms else torch.device("cpu")
-        return torch.zeros((), device=device), {"loss": 0.0}
+        return torch.zeros((), device=device), ({"loss": 0.0} if return_logs else {})
     total = sum((w * t.float() for _, w, t in active[1:]), active[0][1] * active[0][2].float())
+    if not return_logs:
+        return total, {}
     values = torch.stack([t.detach().float() for _, _, t in active] + [total.detach()]).tolist()
     logs = {name: v for (name, _, _), v in zip(active, values)}
     logs["loss"] = values[-1]
