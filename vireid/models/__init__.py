@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -172,7 +172,7 @@ class VIReIDModel(nn.Module):
         weight = getattr(classifier, "weight", None) if classifier is not None else None
         self.num_classes: int = int(weight.shape[0]) if weight is not None else 0
         self.build_kwargs: dict[str, Any] = dict(build_kwargs or {})
-        """The :func:`build_model` arguments this model was made with (for checkpoints; rebuild with pretrained='none')."""
+        """The :func:`build_model` arguments of this model (for checkpoints; rebuild with pretrained='none')."""
         self.pretrained_report: LoadReport | None = None
 
     def forward_features(self, x: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
@@ -256,7 +256,8 @@ def build_model(
                   neck=neck, neck_init=neck_init, neck_init_std=neck_init_std, classifier=classifier)
     definition = get_backbone(arch)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ConfigError(f"model.num_classes: {num_classes!r} is not allowed; expected an integer >= 0 (0 = no classifier)")
+        raise ConfigError(f"model.num_classes: {num_classes!r} is not allowed; "
+                          f"expected an integer >= 0 (0 = no classifier)")
     if isinstance(specific_stages, bool) or not isinstance(specific_stages, int) or not 0 <= specific_stages <= 4:
         raise ConfigError(f"model.specific_stages: {specific_stages!r} is not allowed; expected an integer in 0..4")
     _choice("last_stride", last_stride, (1, 2))

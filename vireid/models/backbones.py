@@ -76,7 +76,8 @@ def resnet18_half_random() -> ResNet:
         downsample = None
         if stride != 1 or inplanes != planes:
             downsample = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
-        setattr(model, name, nn.Sequential(BasicBlock(inplanes, planes, stride, downsample), BasicBlock(planes, planes)))
+        blocks = [BasicBlock(inplanes, planes, stride, downsample), BasicBlock(planes, planes)]
+        setattr(model, name, nn.Sequential(*blocks))
         inplanes = planes
     model.fc = nn.Linear(widths[-1], 1000)
     # torchvision's initialisation, re-applied to the new modules
@@ -294,8 +295,10 @@ def _check_inputs(x: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise DataError(f"model input: images must be a float tensor [B, 3, H, W]; got {shape}")
     if not isinstance(modality, torch.Tensor):
-        raise DataError(f"model input: modality must be a long tensor [B] (0 visible, 1 infrared); got {type(modality).__name__}")
-    if modality.dim() != 1 or modality.shape[0] != x.shape[0] or modality.dtype.is_floating_point or modality.is_complex():
+        raise DataError(f"model input: modality must be a long tensor [B] (0 visible, 1 infrared); "
+                        f"got {type(modality).__name__}")
+    integer = not (modality.dtype.is_floating_point or modality.is_complex())
+    if modality.dim() != 1 or modality.shape[0] != x.shape[0] or not integer:
         raise DataError(
             f"model input: modality must be an integer tensor [B] with B = {x.shape[0]} (0 visible, 1 infrared); "
             f"got dtype {modality.dtype}, shape {tuple(modality.shape)}"

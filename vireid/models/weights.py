@@ -96,7 +96,8 @@ def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
                 obj = inner
                 break
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in obj.items()):
         raise CheckpointError(f"{path}: expected a state dict (a mapping from parameter names to tensors), "
                               f"got {type(obj).__name__}; pass torchvision-format ResNet weights")
     return dict(obj)
