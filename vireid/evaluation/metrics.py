@@ -436,8 +436,11 @@ def evaluate_ranking(
     if Q == 0 or G == 0:
         raise FeaturesError(f"empty query set or gallery (Q={Q}, G={G}): nothing to evaluate")
     trusted = bool(getattr(fn, "fresh_finite", False))
-    probe = fn(0, 1)
-    work_dev = dev or (probe.device if isinstance(probe, torch.Tensor) else torch.device("cpu"))
+    if dev is not None:
+        work_dev = dev
+    else:  # where the distances live
+        probe = fn(0, 1)
+        work_dev = probe.device if isinstance(probe, torch.Tensor) else torch.device("cpu")
     prep, uniq = _prepare(g_pids, g_keys, q_keys, work_dev)
     pos_in = np.searchsorted(uniq, q_pids)
     pos_in = np.clip(pos_in, 0, len(uniq) - 1)
@@ -457,6 +460,8 @@ def evaluate_ranking(
         d = _as_tensor(d, work_dev)
         if not d.is_floating_point():
             d = d.double()
+        elif d.dtype not in (torch.float32, torch.float64):
+            d = d.float()  # float16/bfloat16 -> float32 is exact: same order, same ties
         if tuple(d.shape) != (b - a, G):
             raise FeaturesError(f"distance rows {a}:{b} have shape {tuple(d.shape)}, expected {(b - a, G)}")
         if not trusted:
@@ -503,10 +508,3 @@ def evaluate_ranking(
         cmc_kind=cmc,
     )
 
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Arithmetic mean and population standard deviation (0 for one value)."""
-    if not values:
-        return math.nan, math.nan
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std())
