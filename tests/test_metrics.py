@@ -209,3 +209,11 @@ def test_bad_inputs_raise_one_line_errors():
         evaluate_ranking(np.zeros((1, 2)), np.array([7]), np.array([1, 2]))
     with pytest.raises(FeaturesError, match="NaN or infinite"):
         feature_distance_fn(np.full((2, 3), np.inf, np.float32), np.ones((2, 3), np.float32))
+
+
+def test_half_precision_and_device_argument():
+    # float16 distances are upcast exactly: same order, same ties (pids 2, 1, 1 at 0.1, 0.2, 0.2 -> ranks 1, 2)
+    d = torch.tensor([[0.1, 0.2, 0.2]], dtype=torch.float16)
+    for x in (d, d.bfloat16(), d.float()):
+        r = evaluate_ranking(x, [1], [2, 1, 1], device="cpu")
+        assert r.mAP == pytest.approx((1 / 2 + 2 / 3) / 2)
