@@ -13,6 +13,7 @@ from torch import nn
 
 import vireid.methods.msclnet as msc
 from vireid.data.transforms import agw_train_transform
+from vireid.errors import ConfigError, DataError
 from vireid.methods.msclnet import DEFAULT_WEIGHTS, MSCLNetMethod
 from vireid.models import build_model
 from vireid.models.msclnet_modules import (
@@ -26,7 +27,7 @@ from vireid.models.msclnet_modules import (
 )
 
 H, W = 64, 32
-NUM_CLASSES = 2
+NUM_CLASSES = 4
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -280,22 +281,22 @@ def test_local_variants_differ_and_corrected_is_non_negative() -> None:
 
 def test_subclass_terms_need_cameras() -> None:
     method = _method()
-    with pytest.raises(ValueError, match="camera"):
+    with pytest.raises(DataError, match="camera"):
         method.training_step(_batch(method, cams=False))
     method = _method(weights={"sub": 0.0, "intra": 0.0})
     assert "inter" in method.training_step(_batch(method, cams=False))
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match="unknown MSCLNet loss weight 'lcoal'"):
+    with pytest.raises(ConfigError, match="unknown MSCLNet loss weight 'lcoal'"):
         _method(weights={"lcoal": 1.0})
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         _method(weights={"div": -1.0})
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         _method(local_variant="fixed")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         _method(erasing="strong")
-    with pytest.raises(ValueError, match="unbounded"):
+    with pytest.raises(ConfigError, match="unbounded"):
         _method(inter_margin=None, feature_norm="none")
 
 
@@ -388,3 +389,11 @@ def test_eval_output_does_not_depend_on_the_training_only_modules(monkeypatch) -
     fresh.load_state_dict(method.model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(x, modality).bn, got.bn, rtol=0, atol=0)
+
+
+def test_a_batch_without_cross_modality_pairs_is_refused() -> None:
+    method = _method()
+    rgb, ir = _u8(0)
+    batch = method.make_batch(rgb, ir, LABELS, LABELS + 2, torch.Generator().manual_seed(0), RGB_CAMS, IR_CAMS)
+    with pytest.raises(DataError, match="both an RGB and an IR image"):
+        method.training_step(batch)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vireid.data.transforms import AGW_ERASING, MSCLNET_PAPER_ERASING, Compose, agw_train_transform
+from vireid.errors import ConfigError, DataError
 from vireid.losses import (
     cross_entropy,
     global_complement,
@@ -82,10 +83,12 @@ class MSCLNetMethod(Method):
             in squared units of the L2-normalised features, whose squared distances lie in [0, 4]). ``None`` is the
             printed ``-mean ||C_i - C_j||^2``; still bounded (by -4) with ``feature_norm="l2"``, refused with
             ``feature_norm="none"`` where it is unbounded.
+        label_smoothing: for ``ce`` and ``t`` (0 in the paper and in AGW).
         div_direction, div_max_kl: L_div's KL direction (``"v_r"`` as printed, ``"r_v"``, ``"symmetric"``) and an
             optional clamp of each pair's KL (None = as printed; the instance normalisation already bounds it).
         erasing: random-erasing preset: ``"agw"`` (p 0.5, area 0.02-0.4; the AGW* default), ``"paper"`` (as printed
-            in MSCLNet: p 0.8, area 0.2-0.8), ``"none"``, or a dict with keys p, area, ratio.
+            in MSCLNet: p 0.8, area 0.2-0.8), ``"none"``, or a dict with keys p, area, ratio and optionally fill,
+            aspect (the :class:`~vireid.data.transforms.RandomErasing` arguments; e.g. from the augment config).
         hidden_size, rounds, mogrifier_rank, fusion: the synergistic encoder S (see
             :class:`~vireid.models.msclnet_modules.SynergyEncoder`): LSTM width (default 512), Mogrifier rounds r
             (default 5), optional low-rank factorisation of the mogrifier matrices, and how paired parts enter it.
@@ -115,6 +118,7 @@ class MSCLNetMethod(Method):
         weights: Mapping[str, float] | None = None,
         local_variant: Literal["as_printed", "corrected"] = "as_printed",
         inter_margin: float | None = 1.0,
+        label_smoothing: float = 0.0,
         div_direction: Literal["v_r", "r_v", "symmetric"] = "v_r",
         div_max_kl: float | None = None,
         erasing: Literal["agw", "paper", "none"] | Mapping[str, object] = "agw",
@@ -141,9 +145,10 @@ class MSCLNetMethod(Method):
         merged = dict(DEFAULT_WEIGHTS)
         for name, value in (weights or {}).items():
             if name not in DEFAULT_WEIGHTS:
-                raise ValueError(f"unknown MSCLNet loss weight {name!r}; known: {', '.join(TERMS)}")
+                raise ConfigError(f"method.weights.{name}: unknown MSCLNet loss weight {name!r}; its terms are "
+                                  f"{', '.join(TERMS)} (set a weight to 0 to switch a term off)")
             if not math.isfinite(float(value)) or float(value) < 0:
-                raise ValueError(f"MSCLNet loss weight {name}={value!r} is invalid; expected a finite number >= 0")
+                raise ConfigError(f"method.weights.{name}={value!r} is invalid; expected a finite number >= 0")
             merged[name] = float(value)
         self.weights = merged
         _choice("local_variant", local_variant, ("as_printed", "corrected"))
@@ -153,18 +158,19 @@ class MSCLNetMethod(Method):
         _choice("synergy_subclass", synergy_subclass, ("pair", "visible", "infrared"))
         self.synergy_subclass = synergy_subclass
         if inter_margin is None and feature_norm == "none" and merged["inter"] > 0:
-            raise ValueError("L_inter without a margin is unbounded on raw features; set inter_margin or use "
-                             "feature_norm='l2'")
+            raise ConfigError("MSCLNet: L_inter without a margin (inter_margin=None) is unbounded on raw features "
+                              "(feature_norm='none'); set inter_margin or use feature_norm='l2'")
         _choice("div_direction", div_direction, ("v_r", "r_v", "symmetric"))
         self.local_variant, self.inter_margin = local_variant, inter_margin
         self.div_direction, self.div_max_kl = div_direction, div_max_kl
+        self.label_smoothing = float(label_smoothing)
         self.feature_norm, self.complement_grad, self.cascade_on = feature_norm, complement_grad, cascade_on
         self.parts, self.part_pool = parts, part_pool
         self.backbone_lr_mult, self.synergy_lr_mult = float(backbone_lr_mult), float(synergy_lr_mult)
 
         channels = getattr(model, "feature_dim", None)
         if not isinstance(channels, int):
-            raise ValueError("MSCLNetMethod needs model.feature_dim (the channel count of the feature map)")
+            raise ConfigError("MSCLNetMethod needs model.feature_dim (the channel count of the feature map)")
         # Training-only modules: attributes of the method, never of self.model.
         self.instance_norm = FeatureInstanceNorm(channels, affine=instance_norm_affine)
         self.synergy = SynergyEncoder(channels, hidden_size, rounds, mogrifier_rank, fusion)
@@ -174,6 +180,8 @@ class MSCLNetMethod(Method):
         self.transform: Compose = agw_train_transform(
             height, width, pad=pad, flip=0.5, erasing=float(preset["p"]),  # type: ignore[arg-type]
             erasing_area=tuple(preset["area"]), erasing_ratio=float(preset["ratio"]),  # type: ignore[arg-type]
+            erasing_fill=preset.get("fill", "imagenet_mean"),  # type: ignore[arg-type]
+            erasing_aspect=preset.get("aspect", "uniform"),  # type: ignore[arg-type]
         )
 
     # ------------------------------------------------------------------------------------------------------------
@@ -213,12 +221,12 @@ class MSCLNetMethod(Method):
 
         if w["ce"] > 0 or w["t"] > 0:
             if out.logits is None:
-                raise ValueError("MSCLNet's identity losses need a classifier; build the model with num_classes > 0")
+                raise ConfigError("MSCLNet's identity losses need a classifier; build the model with num_classes > 0")
             if out.logits.shape[1] != self.num_classes:
-                raise ValueError(f"the model classifies {out.logits.shape[1]} identities, the method expects "
-                                 f"{self.num_classes}")
+                raise ConfigError(f"the model classifies {out.logits.shape[1]} identities, the method expects "
+                                  f"{self.num_classes}")
         if w["ce"] > 0:
-            raw["ce"] = cross_entropy(out.logits, labels)
+            raw["ce"] = cross_entropy(out.logits, labels, label_smoothing=self.label_smoothing)
         if w["wrt"] > 0:
             raw["wrt"] = weighted_regularized_triplet(out.pooled, labels)
 
@@ -227,7 +235,8 @@ class MSCLNetMethod(Method):
         if w["t"] > 0:
             # L_t: identity CE on each modality's logits (sum of the two per-modality means). The model has one
             # shared classifier, so with ce > 0 this re-weights CE per modality; ce = 0 makes L_t replace it.
-            raw["t"] = sum((cross_entropy(out.logits[idx], labels[idx]) for idx in (vis, ir) if idx.numel()),
+            raw["t"] = sum((cross_entropy(out.logits[idx], labels[idx], label_smoothing=self.label_smoothing)
+                            for idx in (vis, ir) if idx.numel()),
                            out.logits.new_zeros(()))
 
         need_div = w["div"] > 0
@@ -252,8 +261,8 @@ class MSCLNetMethod(Method):
         y_v, y_r = labels[vis], labels[ir]
         iv, jr = pair_by_identity(y_v, y_r)
         if iv.numel() == 0:
-            raise ValueError("MSCLNet needs at least one identity with both an RGB and an IR image in the batch "
-                             "(use the cross-modality identity sampler)")
+            raise DataError("MSCLNet needs at least one identity with both an RGB and an IR image in the batch "
+                            "(use the cross-modality identity sampler)")
         pv, pr, y_pair = parts_v[iv], parts_r[jr], y_v[iv]
 
         if need_div:
@@ -294,8 +303,8 @@ class MSCLNetMethod(Method):
                 known = bool((cams >= 0).all())
                 sub_key = cams if known else None
             if (w["sub"] > 0 or w["intra"] > 0) and sub_key is None:
-                raise ValueError("MSCLNet's sub-class terms (sub, intra) need camera ids, but some are -1 (unknown); "
-                                 "pass rgb_cams/ir_cams to make_batch or set weights sub=0 and intra=0")
+                raise DataError("MSCLNet's sub-class terms (sub, intra) need camera ids, but some are -1 (unknown); "
+                                "pass rgb_cams/ir_cams to make_batch, or set method.weights sub=0 and intra=0")
             if w["sub"] > 0:
                 terms["sub"] = subclass_center(feats, ids, sub_key)
             if w["intra"] > 0:
@@ -334,17 +343,18 @@ class MSCLNetMethod(Method):
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is unknown; expected one of {', '.join(allowed)}")
+        raise ConfigError(f"MSCLNet: {name}={value!r} is unknown; expected one of {', '.join(allowed)}")
 
 
 def _erasing_preset(erasing: str | Mapping[str, object]) -> Mapping[str, object]:
     if isinstance(erasing, Mapping):
         missing = {"p", "area", "ratio"} - set(erasing)
         if missing:
-            raise ValueError(f"erasing dict lacks {', '.join(sorted(missing))}; expected keys p, area, ratio")
+            raise ConfigError(f"MSCLNet: erasing dict lacks {', '.join(sorted(missing))}; expected keys p, area, "
+                              "ratio (and optionally fill, aspect)")
         return erasing
     if erasing == "none":
         return {"p": 0.0, "area": (0.02, 0.4), "ratio": 0.3}
     if erasing not in _ERASING:
-        raise ValueError(f"erasing={erasing!r} is unknown; expected 'agw', 'paper', 'none' or a dict")
+        raise ConfigError(f"MSCLNet: erasing={erasing!r} is unknown; expected 'agw', 'paper', 'none' or a dict")
     return _ERASING[erasing]
