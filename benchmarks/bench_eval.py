@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import multiprocessing as mp
+import os
 import platform
 import resource
 import sys
@@ -141,8 +142,11 @@ def _warm_up(impl: str) -> None:
         reference_metrics(pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf)).numpy(), qp, gp)
 
 
-def _child(case: str, impl: str, dim: int, method: str, queue) -> None:
+def _child(case: str, impl: str, dim: int, method: str, threads: int, queue) -> None:
     import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     from vireid.evaluation.metrics import evaluate_ranking, feature_distance_fn, pairwise_distance
     from vireid.evaluation.protocols import evaluate_protocol
@@ -193,16 +197,17 @@ def _child(case: str, impl: str, dim: int, method: str, queue) -> None:
     queue.put({"seconds": seconds, "loop_only_s": loop_s, "peak_mb": peak, "before_mb": rss0, "trials": out})
 
 
-def run_one(case: str, impl: str, dim: int, method: str = "fast", repeat: int = 1) -> dict:
+def run_one(case: str, impl: str, dim: int, method: str = "fast", repeat: int = 1, threads: int = 0) -> dict:
     """Run one side in a fresh spawned process; with ``repeat`` > 1 keep the fastest run."""
     best = None
     for _ in range(repeat):
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
-        p = ctx.Process(target=_child, args=(case, impl, dim, method, q))
+        p = ctx.Process(target=_child, args=(case, impl, dim, method, threads, q))
         p.start()
         res = q.get()
         p.join()
+        res["load"] = os.getloadavg()[0]  # 1-minute load average when the run ended (shared machines)
         if best is None or res["seconds"] < best["seconds"]:
             best = res
     assert best is not None
@@ -222,6 +227,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in both children (default: torch's)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side; the fastest is kept (shared machines)")
     ap.add_argument("--also-sort", action="store_true", help="market: also time method='sort' (full argsort)")
     args = ap.parse_args()
@@ -233,12 +239,12 @@ def main() -> None:
         w = csv.writer(fh)
         if new:
             w.writerow(["date", "case", "impl", "queries", "gallery", "trials", "dim", "seconds", "loop_only_s", "peak_rss_mb", "rss_before_mb",
-                        "speedup_vs_loop", "max_diff_pp", "rank1", "mAP", "mINP", "cpus", "torch"])
+                        "speedup_vs_loop", "max_diff_pp", "rank1", "mAP", "mINP", "threads", "load_avg_1min", "torch"])
         for case in args.cases:
-            ref = run_one(case, "loop", args.dim, repeat=args.repeat)
+            ref = run_one(case, "loop", args.dim, repeat=args.repeat, threads=args.threads)
             impls = [("ours", "fast")] + ([("ours-sort", "sort")] if args.also_sort and case == "market" else [])
             for name, method in impls:
-                ours = run_one(case, "ours", args.dim, method, repeat=args.repeat)
+                ours = run_one(case, "ours", args.dim, method, repeat=args.repeat, threads=args.threads)
                 diff = max_diff(ours["trials"], ref["trials"])
                 ratio = ref["seconds"] / ours["seconds"]
                 t0 = ours["trials"][0]
@@ -255,9 +261,9 @@ def main() -> None:
                     w.writerow([now, case, impl, t0["num_query"], t0["num_gallery"], len(res["trials"]), args.dim,
                                 f"{res['seconds']:.3f}", f"{res['loop_only_s']:.3f}", f"{res['peak_mb']:.0f}", f"{res['before_mb']:.0f}", f"{sp:.2f}", f"{diff:.2e}",
                                 f"{mean['rank1']:.4f}", f"{mean['mAP']:.4f}", f"{mean['mINP']:.4f}",
-                                torch.get_num_threads(), torch.__version__])
+                                args.threads or torch.get_num_threads(), f"{res['load']:.2f}", torch.__version__])
                 fh.flush()
-    print(f"rows appended to {RESULTS.relative_to(ROOT)} ({platform.machine()}, {torch.get_num_threads()} threads)")
+    print(f"rows appended to {RESULTS.relative_to(ROOT)} ({platform.machine()}, {args.threads or torch.get_num_threads()} torch threads)")
 
 
 if __name__ == "__main__":
