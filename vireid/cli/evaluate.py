@@ -6,7 +6,7 @@ import argparse
 import textwrap
 
 NAME = "evaluate"
-HELP = "Evaluate a features file (.npz) with a published protocol: Rank-1/5/10/20, mAP, mINP, JSON and CMC plot."
+HELP = "Evaluate a features file (.npz) with a published protocol (Rank-k, mAP, mINP, JSON)."
 
 EPILOG = textwrap.dedent("""\
     features file (.npz; extra keys ignored, rows in any order):

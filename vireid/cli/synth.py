@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "synth"
-HELP = "Write a synthetic cross-modality dataset in the layout of SYSU-MM01, RegDB, SYSU-MM02, LLCM or Market-1501."
+HELP = "Write a synthetic cross-modality dataset in a real layout (SYSU-MM01, RegDB, ...)."
 
 _CHOICES = "sysu_mm01, regdb, sysu_mm02, llcm, market1501, market1501_gen"
 
