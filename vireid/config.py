@@ -37,6 +37,8 @@ class DataConfig:
     root: str = "data/SYSU-MM01"
     trial: int = 1
     """RegDB trial 1..10: the model trains on train_*_{trial} and is tested on test_*_{trial}."""
+    trials: list[int] = field(default_factory=list)
+    """RegDB: train and test each of these trials in turn (each on its own split) and report the mean; [] = trial."""
     target: Literal["sysumm01", "sysumm02", "regdb"] = "sysumm01"
     """market1501_gen: which fake-IR twin folders to pair with the originals."""
     labels: Literal["pseudo", "ground_truth"] = "pseudo"
@@ -49,6 +51,8 @@ class DataConfig:
 
     def validate(self, key: str) -> None:
         _check(self.trial >= 1 and self.trial <= 10, f"{key}.trial", self.trial, "an integer in 1..10")
+        _check(all(1 <= t <= 10 for t in self.trials) and len(set(self.trials)) == len(self.trials),
+               f"{key}.trials", self.trials, "distinct RegDB trials in 1..10")
         _check(self.height > 0 and self.width > 0, f"{key}.height/width", (self.height, self.width), "positive sizes")
         _check(self.workers >= 0, f"{key}.workers", self.workers, "an integer >= 0")
 
@@ -128,6 +132,8 @@ class ModelConfig:
     gem_p: float = 3.0
     gem_learnable: bool = False
     neck: Literal["bnneck", "none"] = "bnneck"
+    neck_init: Literal["ones", "normal"] = "ones"
+    """BNNeck weight init: 1 (AGW as specified) or N(1, 0.02) (AML / fast-reid)."""
     classifier: Literal["linear", "circle"] = "linear"
 
     def validate(self, key: str) -> None:

@@ -1,0 +1,124 @@
+"""Config -> objects: the ONE place where config values become constructor arguments.
+
+Everything below this module takes plain arguments (models, methods, samplers, transforms, schedules); nothing else
+reads a :class:`~vireid.config.Config`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from vireid.config import Config, DataConfig, EvalConfig, ModelConfig
+from vireid.data.datasets import load_dataset
+from vireid.data.records import CrossModalDataset
+from vireid.errors import ConfigError
+
+# the standard protocol of each dataset (eval.protocol = auto)
+DEFAULT_PROTOCOL = {"sysu_mm01": "sysu", "regdb": "regdb", "sysu_mm02": "sysu-mm02", "llcm": "llcm"}
+
+
+def dataset_from_config(data: DataConfig, *, strict: bool = True, check_images: bool = False) -> CrossModalDataset:
+    return load_dataset(data.dataset, data.root, trial=data.trial, target=data.target, labels=data.labels,
+                        strict=strict, check_images=check_images)
+
+
+def model_from_config(model: ModelConfig, num_classes: int, *, pretrained: str | None = None) -> torch.nn.Module:
+    """The network of ``model``; ``pretrained`` overrides ``model.pretrained`` (e.g. "none" when a checkpoint follows)."""
+    from vireid.models import build_model
+
+    return build_model(
+        arch=model.arch,
+        num_classes=num_classes,
+        pretrained=model.pretrained if pretrained is None else pretrained,
+        specific_stages=model.specific_stages,
+        last_stride=model.last_stride,
+        non_local=model.non_local,
+        non_local_width=model.non_local_width,
+        pooling=model.pooling,
+        gem_p=model.gem_p,
+        gem_learnable=model.gem_learnable,
+        neck=model.neck,
+        neck_init=model.neck_init,
+        classifier=model.classifier,
+    )
+
+
+def method_from_config(cfg: Config, model: torch.nn.Module, num_classes: int):
+    """The training method (model + augmentation + losses) named by ``cfg.method.name``."""
+    a, m, d = cfg.augment, cfg.method, cfg.data
+    if m.name == "agw":
+        from vireid.methods.agw import AGW
+
+        return AGW(model, height=d.height, width=d.width, pad=a.pad, flip=a.flip, erasing=a.erasing,
+                   erasing_area=a.erasing_area, erasing_ratio=a.erasing_ratio, erasing_fill=a.erasing_fill,
+                   erasing_aspect=a.erasing_aspect, weights=m.weights, label_smoothing=m.label_smoothing)
+    if m.name == "caj":
+        from vireid.methods.agw import CAJ
+
+        return CAJ(model, height=d.height, width=d.width, pad=a.pad, flip=a.flip, erasing=a.erasing,
+                   erasing_area=a.erasing_area, erasing_ratio=a.erasing_ratio, adaptive_gray=a.adaptive_gray,
+                   weights=m.weights, label_smoothing=m.label_smoothing)
+    if m.name == "msclnet":
+        from vireid.methods.msclnet import MSCLNetMethod
+
+        erasing = {"p": a.erasing, "area": a.erasing_area, "ratio": a.erasing_ratio, "fill": a.erasing_fill,
+                   "aspect": a.erasing_aspect}
+        try:
+            return MSCLNetMethod(model, num_classes, weights=m.weights, local_variant=m.local_variant,
+                                 inter_margin=m.inter_margin, erasing=erasing if a.erasing > 0 else "none",
+                                 height=d.height, width=d.width, pad=a.pad)
+        except ValueError as exc:  # unknown loss-term names and bad options, reported by the method
+            raise ConfigError(f"method: {exc}") from None
+    raise ConfigError(f"method.name={m.name!r} has no builder; known: agw, caj, msclnet")
+
+
+def optimizer_from_config(cfg: Config, method) -> torch.optim.Optimizer:
+    t = cfg.train
+    groups = method.param_groups(t.lr, t.weight_decay)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+    return torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def schedule_from_config(cfg: Config) -> Callable[[int], float]:
+    """Per-epoch learning-rate factor (of ``train.lr``)."""
+    from vireid.engine import schedules
+
+    t = cfg.train
+    if t.schedule == "agw":
+        return schedules.warmup_multistep(t.warmup_epochs, t.milestones, t.gamma)
+    if t.schedule == "step":
+        return schedules.warmup_multistep(0, t.milestones, t.gamma)
+    return schedules.msclnet_factor
+
+
+def protocol_name(data: DataConfig, ev: EvalConfig) -> str:
+    if ev.protocol != "auto":
+        return ev.protocol
+    if data.dataset not in DEFAULT_PROTOCOL:
+        raise ConfigError(f"eval.protocol=auto: {data.dataset} has no cross-modality test protocol; "
+                          f"train/test on one of {', '.join(DEFAULT_PROTOCOL)}")
+    return DEFAULT_PROTOCOL[data.dataset]
+
+
+def device_from_config(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA GPU is available here; use train.device=cpu")
+    return dev
+
+
+def amp_from_config(name: str, device: torch.device) -> str:
+    """auto: bf16 on a GPU that supports it (else fp16), none on CPU (CPU autocast is slower for convolutions)."""
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "none"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
