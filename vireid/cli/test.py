@@ -1,0 +1,34 @@
+"""``vireid test CHECKPOINT``: extract test features with a trained model (features file) and evaluate them."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "test"
+HELP = "Test a checkpoint: write the test features file and evaluate it with the protocol."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a vireid checkpoint (best.pt or last.pt of a run)")
+    parser.add_argument("--protocol", choices=["sysu", "sysu-official", "regdb", "sysu-mm02", "llcm"],
+                        help="default: the dataset's standard protocol")
+    parser.add_argument("--mode", choices=["all", "indoor"])
+    parser.add_argument("--direction", choices=["v2i", "i2v"])
+    parser.add_argument("--trials", type=int)
+    parser.add_argument("--trial", type=int, help="RegDB trial under test (default: the checkpoint's)")
+    parser.add_argument("--allow-trial-mismatch", action="store_true",
+                        help="only warn when the RegDB trial under test differs from the training trial")
+    parser.add_argument("--dataset-root", help="dataset folder (default: the one the model was trained on)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="flip-averaged features (default: the recipe's eval.flip)")
+    parser.add_argument("--out", help="folder for test_features.npz, test_results.json, cmc.png "
+                                      "(default: the checkpoint's folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vireid.training import test_checkpoint
+
+    test_checkpoint(args.checkpoint, out_dir=args.out, protocol=args.protocol, mode=args.mode,
+                    direction=args.direction, trials=args.trials, dataset_root=args.dataset_root, trial=args.trial,
+                    allow_trial_mismatch=args.allow_trial_mismatch, flip=args.flip)
+    return 0
