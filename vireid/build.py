@@ -48,6 +48,9 @@ def model_from_config(model: ModelConfig, num_classes: int, *, pretrained: str |
 def method_from_config(cfg: Config, model: torch.nn.Module, num_classes: int):
     """The training method (model + augmentation + losses) named by ``cfg.method.name``."""
     a, m, d = cfg.augment, cfg.method, cfg.data
+    if a.channel_exchange and m.name != "caj":
+        raise ConfigError(f"augment.channel_exchange=true is only used by the CAJ recipe (its second view); "
+                          f"method.name={m.name} would ignore it: use method.name=caj or set it to false")
     if m.name == "agw":
         from vireid.methods.agw import AGW
 

@@ -93,6 +93,7 @@ class AugmentConfig:
     """imagenet_mean: (0.4914, 0.4822, 0.4465) written into the normalised tensor (AGW/CAJ); zero; random: N(0, 1);
     mean_pixel: the ImageNet mean pixel, i.e. 0 after normalisation (AML)."""
     channel_exchange: bool = False
+    """CAJ: the channel-exchanged RGB view (the CAJ method always makes it; documents the recipe)."""
     adaptive_gray: float = 0.0
     color_jitter: tuple[float, float] = (0.0, 0.0)
     """(brightness, contrast) for ColorJitter; (0, 0) disables it."""

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import torch
 
-from vireid.data.transforms import agw_train_transform, caj_train_views
+from vireid.data.transforms import CAJViews, agw_train_transform
 from vireid.errors import ConfigError
 from vireid.losses import combine, cross_entropy, enabled, weighted_regularized_triplet
 from vireid.losses import batch_hard_triplet
@@ -83,8 +83,8 @@ class CAJ(AGW):
                  label_smoothing: float = 0.0, triplet_margin: float = 0.3) -> None:
         super().__init__(model, height=height, width=width, pad=pad, flip=flip, weights=weights,
                          label_smoothing=label_smoothing, triplet_margin=triplet_margin)
-        self.views = caj_train_views(height, width, pad=pad, flip=flip, erasing=erasing, erasing_area=erasing_area,
-                                     erasing_ratio=erasing_ratio, adaptive_gray=adaptive_gray)
+        self.views = CAJViews(height, width, pad=pad, flip=flip, erasing=erasing, erasing_area=erasing_area,
+                              erasing_ratio=erasing_ratio, adaptive_gray=adaptive_gray)
 
     def make_batch(self, rgb_u8, ir_u8, rgb_labels, ir_labels, generator, rgb_cams=None, ir_cams=None) -> Batch:
         rgb, exchanged, ir = self.views(rgb_u8, ir_u8, generator)
