@@ -297,6 +297,7 @@ def test_checkpoint(path: str | Path, *, out_dir: str | Path | None = None, prot
     plan = test_plan(cfg, ds)
     summary, feats = evaluate_samples(model, ds.root, ds.test, plan, cfg, torch.device(dev), progress=progress)
     out = Path(out_dir) if out_dir is not None else Path(path).parent
+    out.mkdir(parents=True, exist_ok=True)  # `vireid test --out NEW_FOLDER`
     save_features(out / "test_features.npz", feats, np.array([s.pid for s in ds.test], dtype=np.int64),
                   np.array([s.camid for s in ds.test], dtype=np.int64),
                   np.array([s.modality for s in ds.test], dtype=np.int64), [s.path for s in ds.test])
