@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vireid",
         description="vireid: visible-infrared person re-identification toolkit.",
         formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=16, width=110),
-        epilog="Run `vireid COMMAND --help` for a command's options. Start with `vireid synth sysu_mm01 --out data/SYSU-MM01`.",
+        epilog="Run `vireid COMMAND --help` for a command's options. Start with `vireid demo`.",
     )
     parser.add_argument("--version", action="version", version=f"vireid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
