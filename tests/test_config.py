@@ -154,3 +154,17 @@ def test_cli_config_error_is_one_line_without_traceback(capsys):
     assert err.strip().splitlines() == [
         "vireid: error: <defaults>: config key 'train.epochs' expects an integer, got 'abc' (str)"
     ]
+
+
+def test_configs_demo_yaml_is_the_recipe_vireid_demo_runs(tmp_path):
+    from vireid.demo import DEMO_RECIPE, demo_config
+
+    assert yaml.safe_load((REPO / "configs/demo.yaml").read_text()) == DEMO_RECIPE
+    shipped = to_dict(load_config(REPO / "configs/demo.yaml"))
+    ran = to_dict(demo_config(tmp_path))
+    for moved in (("data", "root"), ("data", "cache_dir"), ("output_dir",)):  # demo_config places these under --out
+        node_a, node_b = shipped, ran
+        for key in moved[:-1]:
+            node_a, node_b = node_a[key], node_b[key]
+        node_a.pop(moved[-1]), node_b.pop(moved[-1])
+    assert shipped == ran
