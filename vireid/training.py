@@ -179,6 +179,10 @@ def _train_one(cfg: Config, *, resume: bool, progress: bool) -> dict[str, Any]:
     ds = build.dataset_from_config(cfg.data)
     train_samples, val_samples = split_train_val(ds, cfg.train.validation, cfg.train.holdout_ids, cfg.seed)
     num_classes = len({s.label for s in train_samples})
+    # model and method first: a bad model config or missing weights fails before minutes of caching
+    model = build.model_from_config(cfg.model, num_classes)
+    method = build.method_from_config(cfg, model, num_classes)
+    optimizer = build.optimizer_from_config(cfg, method)
     # every rank builds/opens the same cache; rank 0 first so the others only read it
     if main:
         train_cache = open_cache(ds.root, train_samples, cfg, show)
@@ -192,10 +196,6 @@ def _train_one(cfg: Config, *, resume: bool, progress: bool) -> dict[str, Any]:
                                              rank=dist.rank(), world_size=dist.world_size())
     if cfg.train.steps_per_epoch is not None:
         sampler = LimitedSampler(sampler, cfg.train.steps_per_epoch)
-
-    model = build.model_from_config(cfg.model, num_classes)
-    method = build.method_from_config(cfg, model, num_classes)
-    optimizer = build.optimizer_from_config(cfg, method)
 
     validate = None
     if val_samples and main:
