@@ -49,7 +49,7 @@ def test_int_is_accepted_for_float_and_number_for_string(tmp_path):
 @pytest.mark.parametrize(
     "override, fragment",
     [
-        ("train.epoch=5", "unknown config key 'train.epoch'; known keys in train: amp, channels_last, checkpoint_every"),
+        ("train.epoch=5", "unknown config key 'train.epoch'; known keys in train: amp, backbone_lr_mult, channels_last"),
         ("method.weights.wrt=-1", "config value method.weights.wrt=-1 is invalid: expected a weight >= 0"),
         ("method.weights.wrt=abc", "config value method.weights.wrt='abc' is invalid: expected a weight >= 0"),
         ("model.arch=vgg", "config key 'model.arch' = 'vgg' is not allowed; allowed values: 'resnet50', 'resnet18'"),

@@ -54,15 +54,19 @@ def method_from_config(cfg: Config, model: torch.nn.Module, num_classes: int):
     if m.name == "agw":
         from vireid.methods.agw import AGW
 
-        return AGW(model, height=d.height, width=d.width, pad=a.pad, flip=a.flip, erasing=a.erasing,
-                   erasing_area=a.erasing_area, erasing_ratio=a.erasing_ratio, erasing_fill=a.erasing_fill,
-                   erasing_aspect=a.erasing_aspect, weights=m.weights, label_smoothing=m.label_smoothing)
+        method = AGW(model, height=d.height, width=d.width, pad=a.pad, flip=a.flip, erasing=a.erasing,
+                     erasing_area=a.erasing_area, erasing_ratio=a.erasing_ratio, erasing_fill=a.erasing_fill,
+                     erasing_aspect=a.erasing_aspect, weights=m.weights, label_smoothing=m.label_smoothing)
+        method.backbone_lr_mult = cfg.train.backbone_lr_mult
+        return method
     if m.name == "caj":
         from vireid.methods.agw import CAJ
 
-        return CAJ(model, height=d.height, width=d.width, pad=a.pad, flip=a.flip, erasing=a.erasing,
-                   erasing_area=a.erasing_area, erasing_ratio=a.erasing_ratio, adaptive_gray=a.adaptive_gray,
-                   weights=m.weights, label_smoothing=m.label_smoothing)
+        method = CAJ(model, height=d.height, width=d.width, pad=a.pad, flip=a.flip, erasing=a.erasing,
+                     erasing_area=a.erasing_area, erasing_ratio=a.erasing_ratio, adaptive_gray=a.adaptive_gray,
+                     weights=m.weights, label_smoothing=m.label_smoothing)
+        method.backbone_lr_mult = cfg.train.backbone_lr_mult
+        return method
     if m.name == "msclnet":
         from vireid.methods.msclnet import MSCLNetMethod
 
@@ -71,7 +75,8 @@ def method_from_config(cfg: Config, model: torch.nn.Module, num_classes: int):
         try:
             return MSCLNetMethod(model, num_classes, weights=m.weights, local_variant=m.local_variant,
                                  inter_margin=m.inter_margin, erasing=erasing if a.erasing > 0 else "none",
-                                 height=d.height, width=d.width, pad=a.pad)
+                                 height=d.height, width=d.width, pad=a.pad,
+                                 backbone_lr_mult=cfg.train.backbone_lr_mult)
         except ValueError as exc:  # unknown loss-term names and bad options, reported by the method
             raise ConfigError(f"method: {exc}") from None
     raise ConfigError(f"method.name={m.name!r} has no builder; known: agw, caj, msclnet")

@@ -171,6 +171,8 @@ class TrainConfig:
     epochs: int = 81
     lr: float = 0.1
     """Head learning rate; the backbone uses 0.1x (AGW family)."""
+    backbone_lr_mult: float = 0.1
+    """Backbone lr = this x lr (AGW family: 0.1 for an ImageNet-initialised backbone; 1.0 suits random init)."""
     optimizer: Literal["sgd", "adam"] = "sgd"
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -204,6 +206,7 @@ class TrainConfig:
     def validate(self, key: str) -> None:
         _check(self.epochs >= 1, f"{key}.epochs", self.epochs, "an integer >= 1")
         _check(self.lr > 0, f"{key}.lr", self.lr, "a positive number")
+        _check(self.backbone_lr_mult > 0, f"{key}.backbone_lr_mult", self.backbone_lr_mult, "a positive number")
         _check(self.milestones == sorted(self.milestones), f"{key}.milestones", self.milestones, "ascending epochs")
         _check(self.grad_accum >= 1, f"{key}.grad_accum", self.grad_accum, "an integer >= 1")
         _check(self.steps_per_epoch is None or self.steps_per_epoch >= 1, f"{key}.steps_per_epoch",

@@ -36,6 +36,8 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     """Base class: subclasses set ``self.model`` and implement :meth:`make_batch` and :meth:`training_step`."""
 
     model: nn.Module
+    backbone_lr_mult: float = 0.1
+    """Backbone learning rate as a multiple of the head's (AGW family: 0.1)."""
 
     @abc.abstractmethod
     def make_batch(
@@ -55,13 +57,13 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         """Forward + losses. Returns the weighted terms by name; key ``"loss"`` is their sum (what is back-propagated)."""
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """Optimiser parameter groups. Default (AGW family): head at ``lr``, backbone at ``0.1 * lr``."""
+        """Optimiser parameter groups. Default (AGW family): head at ``lr``, backbone at ``backbone_lr_mult * lr``."""
         head = list(self.model.head_parameters())
         head_ids = {id(p) for p in head}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
         head = [p for p in head if p.requires_grad]
         return [
-            {"params": rest, "lr": 0.1 * lr, "weight_decay": weight_decay, "name": "backbone"},
+            {"params": rest, "lr": self.backbone_lr_mult * lr, "weight_decay": weight_decay, "name": "backbone"},
             {"params": head, "lr": lr, "weight_decay": weight_decay, "name": "head"},
         ]
 
