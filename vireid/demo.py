@@ -137,6 +137,7 @@ def _plot_cmc(path: Path, untrained: dict, trained: dict, chance: float) -> None
     ax.set_xlabel("rank")
     ax.set_ylabel("identification rate (%)")
     ax.set_ylim(0, 100)
+    ax.set_xticks([1, 5, 10, 15, 20])
     ax.set_title("synthetic SYSU-MM01, IR -> RGB (sysu protocol)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
