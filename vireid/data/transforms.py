@@ -26,6 +26,8 @@ aligned AML blend). Pipelines for the recipes::
 
 from __future__ import annotations
 
+import abc
+
 import math
 from typing import Literal, Sequence
 
@@ -197,14 +199,15 @@ def blend_fake_ir(fake_ir: torch.Tensor, gray: torch.Tensor, alpha: float = 0.2)
 # Random ops: sample(x, g) -> params (CPU), apply(x, params); op(x, g) does both
 
 
-class Op:
+class Op(abc.ABC):
     """Base class: a batched op whose random parameters are drawn by :meth:`sample` and used by :meth:`apply`."""
 
     def sample(self, x: torch.Tensor, generator: torch.Generator) -> Params:
         return {}
 
+    @abc.abstractmethod
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        raise NotImplementedError
+        """Transform ``x`` with the parameters :meth:`sample` drew (deterministic given ``params``)."""
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         _check_batch(x)
@@ -463,8 +466,12 @@ class ColorJitter(Op):
         return torch.where(col(params["apply"]) > 0, y, x)
 
 
-class Compose(Op):
-    """Apply ops in order, each drawing its parameters from the same generator."""
+class Compose:
+    """Apply ops in order, each drawing its parameters from the same generator.
+
+    Not an :class:`Op` itself: each op samples its parameters on the previous op's output, so a pipeline has no
+    parameters to draw up front. Called like an op: ``pipeline(x_uint8, generator)``.
+    """
 
     def __init__(self, ops: Sequence[Op]) -> None:
         self.ops = list(ops)
