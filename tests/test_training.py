@@ -395,3 +395,28 @@ def test_cli_bad_training_input_exits_2_without_traceback(synth, tmp_path):
     assert "sysu_mm02" in line
     line = one_line_error(cli("test", str(tmp_path / "missing.pt")))
     assert "not found" in line
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_validate_and_test(synth, tmp_path):
+    """`torchrun --nproc_per_node 2 -m vireid train` (gloo on CPU) runs the whole pipeline: every rank validates
+    through the same barrier (a rank without the validate callback deadlocked here once), only rank 0 writes, and
+    the test results land."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vireid", "train",
+         str(DEMO_YAML), "--quiet", "--set", *small(synth, out, "train.epochs=2", "train.steps_per_epoch=3",
+                                                      "train.threads=1", "train.eval_every=1")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = log_rows(out, "val")
+    assert [r["epoch"] for r in rows] == [0, 1]          # validated after each epoch, logged once (rank 0 only)
+    train_rows = log_rows(out)
+    assert len({r["global_step"] for r in train_rows}) == len(train_rows)   # no row written twice
+    assert max(r["global_step"] for r in train_rows) == 6
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["meta"]["world_size"] == 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"] == "sysu" and 0.0 <= results["rank1"] <= 100.0
+    assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "log.jsonl", "results.json", "test_features.npz"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -171,7 +172,7 @@ def _train_one(cfg: Config, *, resume: bool, progress: bool) -> dict[str, Any]:
                           "output_dir (--set output_dir=...)")
     seed_everything(cfg.seed, threads=cfg.train.threads)
     device = build.device_from_config(cfg.train.device)
-    if dist.world_size() > 1 or "RANK" in __import__("os").environ:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: join the process group
         device = dist.init_distributed()
     main = dist.is_main()
     show = progress and main
@@ -197,9 +198,11 @@ def _train_one(cfg: Config, *, resume: bool, progress: bool) -> dict[str, Any]:
     if cfg.train.steps_per_epoch is not None:
         sampler = LimitedSampler(sampler, cfg.train.steps_per_epoch)
 
+    # every rank passes the same validate (or None): the trainer calls it on rank 0 and the others wait at a
+    # barrier, so a rank without it would skip that barrier and deadlock the next collective
     validate = None
-    if val_samples and main:
-        val_cache = open_cache(ds.root, val_samples, cfg, show)
+    if val_samples:
+        val_cache = open_cache(ds.root, val_samples, cfg, show) if main else None
         plan = validation_plan(val_samples)
 
         def validate(m: torch.nn.Module) -> dict[str, float]:
