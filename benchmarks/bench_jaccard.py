@@ -19,27 +19,18 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from _harness import make_features, print_stats, run_worker, timed
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RESULTS = Path(__file__).resolve().parent / "results" / "jaccard.csv"
 EPS = 0.6
-
-
-def make_features(n: int, dim: int, ids: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(ids, dim)).astype(np.float32)
-    labels = rng.integers(0, ids, n)
-    return centres[labels] + 1.0 * rng.normal(size=(n, dim)).astype(np.float32)
 
 
 def worker(method: str, path: str, out: str) -> None:
@@ -50,30 +41,18 @@ def worker(method: str, path: str, out: str) -> None:
     from vireid.clustering.reference import jaccard_distance_dense
 
     x = np.load(path)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    if method == "sparse":
-        d = jaccard_distance_sparse(x, 30, 6, EPS)
-    elif method == "dense_fast":
-        d = jaccard_distance(x, 30, 6)
-    else:
-        d = jaccard_distance_dense(x, 30, 6)
-    seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fns = {"sparse": lambda: jaccard_distance_sparse(x, 30, 6, EPS), "dense_fast": lambda: jaccard_distance(x, 30, 6),
+           "reference": lambda: jaccard_distance_dense(x, 30, 6)}
+    d, stats = timed(fns[method])
     if method == "sparse":
         sp.save_npz(out, d)
     else:
         np.save(out, d)
-    print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "base_mb": base / 1024}))
+    print_stats(stats)
 
 
 def run(method: str, path: str, out: str) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    res = subprocess.run(
-        [sys.executable, __file__, "--worker", method, "--data", path, "--out", out],
-        capture_output=True, text=True, env=env, check=True,
-    )
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, method, "--data", path, "--out", out)
 
 
 def main() -> None:

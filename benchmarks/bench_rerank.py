@@ -13,26 +13,16 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import json
 import os
 import platform
-import resource
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from _harness import make_features, print_stats, run_worker, timed
+
 RESULTS = Path(__file__).resolve().parent / "results" / "rerank.csv"
-
-
-def make_features(n: int, dim: int, ids: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(ids, dim)).astype(np.float32)
-    labels = rng.integers(0, ids, n)
-    return centres[labels] + 1.0 * rng.normal(size=(n, dim)).astype(np.float32)
 
 
 def worker(method: str, path: str, nq: int, out: str) -> None:
@@ -42,25 +32,14 @@ def worker(method: str, path: str, nq: int, out: str) -> None:
     from vireid.evaluation.rerank_reference import rerank_dense_from_features
 
     x = np.load(path)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    if method == "sparse":
-        d = k_reciprocal_rerank(x[:nq], x[nq:])
-    else:
-        d = rerank_dense_from_features(x[:nq], x[nq:])
-    seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn = k_reciprocal_rerank if method == "sparse" else rerank_dense_from_features
+    d, stats = timed(lambda: fn(x[:nq], x[nq:]))
     np.save(out, d)
-    print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "base_mb": base / 1024}))
+    print_stats(stats)
 
 
 def run(method: str, path: str, nq: int, out: str) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    res = subprocess.run(
-        [sys.executable, __file__, "--worker", method, "--data", path, "--queries", str(nq), "--out", out],
-        capture_output=True, text=True, env=env, check=True,
-    )
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, method, "--data", path, "--queries", str(nq), "--out", out)
 
 
 def main() -> None:
