@@ -15,13 +15,7 @@ from vireid.clustering import (
 )
 from vireid.clustering.kreciprocal import blocked_knn, expanded_reciprocal_sets, half_k
 from vireid.clustering.reference import faiss_knn, jaccard_distance_dense
-
-
-def clustered(n: int, dim: int, clusters: int, noise: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
-    labels = rng.integers(0, clusters, n)
-    return (centres[labels] + noise * rng.normal(size=(n, dim))).astype(np.float32)
+from _features import clustered
 
 
 @pytest.fixture(scope="module")

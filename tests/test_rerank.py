@@ -8,13 +8,7 @@ import torch
 
 from vireid.evaluation.rerank import k_reciprocal_rerank, k_reciprocal_rerank_distances
 from vireid.evaluation.rerank_reference import rerank_dense, rerank_dense_from_features, squared_distances
-
-
-def clustered(n: int, dim: int, clusters: int, noise: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
-    labels = rng.integers(0, clusters, n)
-    return (centres[labels] + noise * rng.normal(size=(n, dim))).astype(np.float32)
+from _features import clustered
 
 
 @pytest.fixture(scope="module")
