@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,7 +50,7 @@ def split_train_val(ds: CrossModalDataset, validation: str, holdout: float, seed
         rng = np.random.default_rng(seed)
         val_ids = set(rng.choice(ids, size=count, replace=False).tolist())
     train = [s for s in ds.train if s.pid not in val_ids]
-    val = [Sample(s.path, s.pid, s.camid, s.modality, -1, s.twin) for s in ds.train if s.pid in val_ids]
+    val = [replace(s, label=-1) for s in ds.train if s.pid in val_ids]
     return relabel(train), val
 
 

@@ -11,7 +11,7 @@ Protocols form query and gallery sets from these records; trainers read ``label`
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -134,6 +134,4 @@ def summarize(samples: Iterable[Sample]) -> dict[str, Any]:
 def relabel(samples: list[Sample]) -> list[Sample]:
     """Map the pids of ``samples`` to training labels 0..C-1 in ascending pid order."""
     mapping = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
-    return [
-        Sample(s.path, s.pid, s.camid, s.modality, mapping[s.pid], s.twin) for s in samples
-    ]
+    return [replace(s, label=mapping[s.pid]) for s in samples]
