@@ -182,6 +182,22 @@ def test_bad_modality_is_a_user_error():
         model(torch.randn(2, 1, H, W), torch.tensor([0, 1]))
 
 
+def test_single_stream_shares_everything_and_ignores_modality():
+    base, model = _small(specific_stages=0), _small(specific_stages=-1, non_local=False)
+    bb = model.backbone
+    assert bb.specific_names == () and bb.shared_names[:4] == ("conv1", "bn1", "relu", "maxpool")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    stem = sum(p.numel() for n in ("conv1", "bn1") for p in getattr(base.backbone.visible, n).parameters())
+    nl = sum(p.numel() for _, m in base.backbone.non_local_blocks() for p in m.parameters())
+    assert count(model) == count(base) - stem - nl  # one stem instead of two, no non-local blocks
+    assert bb.torchvision_key_targets("conv1.weight") == ["shared.conv1.weight"]
+    model.eval()
+    x = _images(3)
+    a = model(x, torch.tensor([0, 0, 0])).bn
+    b = model(x, torch.tensor([1, 0, 1])).bn
+    assert torch.equal(a, b)  # the modality tag changes nothing in a single stream
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_specific_stages_duplicate_front_layers(k):
     base, model = _small(specific_stages=0), _small(specific_stages=k)

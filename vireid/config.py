@@ -124,7 +124,7 @@ class ModelConfig:
     pretrained: str = "imagenet"
     """"imagenet" (torchvision weights API), "none" (random init), or a path to a local torchvision weights file."""
     specific_stages: int = 0
-    """Modality-specific part: 0 = stem only (AGW); k = stem + layer1..k."""
+    """Modality-specific part: 0 = stem only (AGW); k = stem + layer1..k; -1 = single stream (AML)."""
     last_stride: int = 1
     non_local: bool = True
     non_local_width: Literal["faithful", "half"] = "faithful"
@@ -138,7 +138,8 @@ class ModelConfig:
     classifier: Literal["linear", "circle"] = "linear"
 
     def validate(self, key: str) -> None:
-        _check(0 <= self.specific_stages <= 4, f"{key}.specific_stages", self.specific_stages, "an integer in 0..4")
+        _check(-1 <= self.specific_stages <= 4, f"{key}.specific_stages", self.specific_stages,
+               "an integer in -1..4 (-1 = single stream)")
         _check(self.last_stride in (1, 2), f"{key}.last_stride", self.last_stride, "1 or 2")
         _check(self.gem_p > 0, f"{key}.gem_p", self.gem_p, "a positive number")
 

@@ -241,7 +241,8 @@ def build_model(
         pretrained: ``"imagenet"`` (torchvision weights API; raises CheckpointError offline), ``"none"``/None
             (random init), or a path to a local torchvision-format ``.pth``/``.safetensors`` state dict. Weights go
             into both modality streams and the shared stages; non-local blocks, neck and classifier keep their init.
-        specific_stages: 0 = modality-specific stem only (AGW); k = stem + layer1..k (0..4).
+        specific_stages: 0 = modality-specific stem only (AGW); k = stem + layer1..k (0..4); -1 = one stream for
+            both modalities (AML / fast-reid).
         last_stride: layer4 stride, 1 (AGW, AML) or 2 (torchvision).
         non_local: insert non-local blocks at AGW's positions (see :data:`BACKBONES`).
         non_local_width: ``"faithful"`` = 1 inner channel (AGW code), ``"half"`` = C/2.
@@ -258,8 +259,9 @@ def build_model(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ConfigError(f"model.num_classes: {num_classes!r} is not allowed; "
                           f"expected an integer >= 0 (0 = no classifier)")
-    if isinstance(specific_stages, bool) or not isinstance(specific_stages, int) or not 0 <= specific_stages <= 4:
-        raise ConfigError(f"model.specific_stages: {specific_stages!r} is not allowed; expected an integer in 0..4")
+    if isinstance(specific_stages, bool) or not isinstance(specific_stages, int) or not -1 <= specific_stages <= 4:
+        raise ConfigError(f"model.specific_stages: {specific_stages!r} is not allowed; "
+                          f"expected an integer in -1..4 (-1 = single stream)")
     _choice("last_stride", last_stride, (1, 2))
     _choice("non_local", non_local, (True, False))
     _choice("non_local_width", non_local_width, ("faithful", "half"))

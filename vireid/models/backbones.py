@@ -4,7 +4,8 @@ The networks are torchvision's ResNets (``torchvision.models.resnet50`` / ``resn
 assembled from torchvision's ``BasicBlock``); this module only re-arranges them:
 
 * ``visible`` and ``infrared`` streams each hold a copy of the stem ``conv1, bn1, relu, maxpool`` and, with
-  ``specific_stages = k``, of ``layer1 .. layerk``;
+  ``specific_stages = k``, of ``layer1 .. layerk``; ``specific_stages = -1`` is a single-stream ResNet (AML,
+  fast-reid): both streams are empty and ``shared`` holds the stem too;
 * ``shared`` holds ``layer{k+1} .. layer4``, run on the whole batch (so its BatchNorm statistics are over both
   modalities, as in the AGW reference);
 * non-local blocks (:class:`~vireid.models.layers.NonLocal`) are inserted after chosen blocks of a stage.
@@ -179,7 +180,8 @@ class TwoStreamResNet(nn.Module):
     Args:
         template: a torchvision-layout ResNet (``conv1, bn1, relu, maxpool, layer1..4``), already carrying the
             weights to start from; it is deep-copied, never modified or aliased.
-        specific_stages: k in 0..4; 0 = only the stem is modality-specific (AGW).
+        specific_stages: k in -1..4; 0 = only the stem is modality-specific (AGW); -1 = nothing is (one stream
+            for both modalities, as AML's fast-reid ResNet).
         last_stride: stride of layer4 (1 = AGW: 288x144 -> 18x9 map).
         non_local_after: ``{"layer2": (2, 3), "layer3": (3, 4, 5)}``: insert a non-local block after these blocks
             (0-based) of these stages. Empty or None: no non-local blocks. A non-local block in a modality-specific
@@ -198,8 +200,8 @@ class TwoStreamResNet(nn.Module):
         non_local_width: NonLocalWidth = "faithful",
     ) -> None:
         super().__init__()
-        if not 0 <= specific_stages <= len(STAGES):
-            raise ValueError(f"specific_stages must be in 0..{len(STAGES)}, got {specific_stages}")
+        if not -1 <= specific_stages <= len(STAGES):
+            raise ValueError(f"specific_stages must be in -1..{len(STAGES)}, got {specific_stages}")
         if non_local_width not in ("faithful", "half"):
             raise ValueError(f"non_local_width must be 'faithful' or 'half', got {non_local_width!r}")
         non_local_after = dict(non_local_after or {})
@@ -222,11 +224,12 @@ class TwoStreamResNet(nn.Module):
             positions = self.non_local_after.get(name, ())
             return ResNetStage(blocks, {i: NonLocal(channels, inner) for i in positions})
 
-        front: list[tuple[str, nn.Module]] = [(name, getattr(template, name)) for name in STEM]
-        front += [(name, stage(name)) for name in STAGES[:specific_stages]]
-        back = [(name, stage(name)) for name in STAGES[specific_stages:]]
-        self.specific_names = STEM + STAGES[:specific_stages]
-        self.shared_names = STAGES[specific_stages:]
+        stem: list[tuple[str, nn.Module]] = [(name, getattr(template, name)) for name in STEM]
+        k = max(specific_stages, 0)
+        front = (stem if specific_stages >= 0 else []) + [(name, stage(name)) for name in STAGES[:k]]
+        back = (stem if specific_stages < 0 else []) + [(name, stage(name)) for name in STAGES[k:]]
+        self.specific_names = tuple(name for name, _ in front)
+        self.shared_names = tuple(name for name, _ in back)
         self.visible = _Path(front)
         self.infrared = copy.deepcopy(self.visible)
         self.shared = _Path(back)
@@ -245,6 +248,8 @@ class TwoStreamResNet(nn.Module):
         back. One host synchronisation per call (the group sizes decide the shapes).
         """
         m = _check_inputs(x, modality)
+        if not self.specific_names:  # single stream: nothing modality-specific
+            return x
         b = x.shape[0]
         is_visible = m == 0
         stats = torch.stack([is_visible.sum(), (m[1:] >= m[:-1]).all().long(), ((m < 0) | (m > 1)).any().long()])
