@@ -1,11 +1,22 @@
-"""Clustering for unsupervised / pseudo-label training: Jaccard distance (dense and sparse) and DBSCAN.
+"""Clustering for unsupervised / pseudo-label training: Jaccard distance (dense and sparse), DBSCAN, cosine k-means,
+and AML's cross-modal association (per-modality clusters -> Ward merge -> Hungarian matching -> one label space).
 
 ``jaccard_distance`` is the clustering variant of k-reciprocal encoding (SPEC 2.6); the test-time
 re-ranking variant (SPEC 2.5) lives in :mod:`vireid.evaluation.rerank` under a different name on purpose.
 """
 
+from vireid.clustering.association import (
+    Association,
+    associate,
+    cluster_centroids,
+    cluster_cross_modal,
+    hungarian_match,
+    ward_merge,
+)
 from vireid.clustering.dbscan import cluster_dbscan, dbscan_sparse
+from vireid.clustering.diagnostics import clustering_diagnostics
 from vireid.clustering.jaccard import clustering_weights, jaccard_distance, jaccard_distance_sparse
+from vireid.clustering.kmeans import ClusteringError, cosine_kmeans
 
 __all__ = [
     "jaccard_distance",
@@ -13,4 +24,13 @@ __all__ = [
     "clustering_weights",
     "dbscan_sparse",
     "cluster_dbscan",
+    "cosine_kmeans",
+    "ClusteringError",
+    "cluster_centroids",
+    "ward_merge",
+    "hungarian_match",
+    "Association",
+    "associate",
+    "cluster_cross_modal",
+    "clustering_diagnostics",
 ]

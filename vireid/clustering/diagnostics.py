@@ -1,0 +1,99 @@
+"""How good are an epoch's cross-modal pseudo-labels? Counts always; agreement with true ids when they are known.
+
+On synthetic data (or a labelled target set used for analysis) the true identities say how well clustering and
+cross-modal association worked; the AML trainer can log these numbers every epoch. True ids of the two modalities
+live in one space (the same person has the same id in RGB and IR), like the shared pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from vireid.clustering.association import Association
+from vireid.clustering.kmeans import ClusteringError
+
+__all__ = ["clustering_diagnostics"]
+
+
+def _ids(x: np.ndarray | torch.Tensor, n: int, name: str) -> np.ndarray:
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ClusteringError(f"clustering_diagnostics: {name} must be [N] with N = {n} (one id per sample), "
+                              f"got shape {a.shape}")
+    return a.astype(np.int64)
+
+
+def _majority(true: np.ndarray, pseudo: np.ndarray, num: int) -> np.ndarray:
+    """Most frequent true id of each pseudo-label 0..num-1 (ties: the smallest id; -1 where the label is empty)."""
+    out = np.full(num, -1, dtype=np.int64)
+    keep = pseudo >= 0
+    if not keep.any():
+        return out
+    pairs, counts = np.unique(np.stack([pseudo[keep], true[keep]]), axis=1, return_counts=True)
+    # pairs are sorted by (pseudo, true): for each pseudo label keep the first pair with the maximal count
+    order = np.lexsort((pairs[1], -counts, pairs[0]))
+    p_sorted = pairs[0][order]
+    first = np.r_[True, p_sorted[1:] != p_sorted[:-1]]
+    out[p_sorted[first]] = pairs[1][order][first]
+    return out
+
+
+def clustering_diagnostics(
+    assoc: Association,
+    true_rgb: np.ndarray | torch.Tensor | None = None,
+    true_ir: np.ndarray | torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Numbers describing one association (all floats, ready for a JSON log).
+
+    Always: ``clusters_rgb``, ``clusters_ir`` (per modality, before equalising), ``num_clusters`` (shared),
+    ``outlier_fraction_rgb`` / ``_ir`` (fraction labelled -1), ``matched_pairs`` (shared labels used by both
+    modalities).
+
+    With the true ids of both modalities (``true_rgb`` [N_rgb], ``true_ir`` [N_ir], one id space):
+    ``ari`` / ``nmi`` (scikit-learn ``adjusted_rand_score`` / ``normalized_mutual_info_score``, pseudo vs true, over
+    the non-outlier samples of both modalities together; NaN if there are none), ``ari_all`` (every sample, each
+    outlier its own singleton cluster), ``ari_rgb`` / ``ari_ir`` (within one modality, non-outliers), and
+    ``match_precision``: the fraction of matched (RGB cluster, IR cluster) pairs -- the RGB and the IR samples of one
+    shared label -- whose majority true ids agree (ties broken towards the smaller id; NaN without pairs).
+    """
+    lr, li = np.asarray(assoc.labels_rgb, dtype=np.int64), np.asarray(assoc.labels_ir, dtype=np.int64)
+    num = int(assoc.num_clusters)
+    used_r = np.zeros(num, dtype=bool)
+    used_i = np.zeros(num, dtype=bool)
+    used_r[lr[lr >= 0]] = True
+    used_i[li[li >= 0]] = True
+    paired = used_r & used_i
+    out: dict[str, float] = {
+        "clusters_rgb": float(assoc.clusters_rgb),
+        "clusters_ir": float(assoc.clusters_ir),
+        "num_clusters": float(num),
+        "outlier_fraction_rgb": float((lr < 0).mean()) if lr.size else 0.0,
+        "outlier_fraction_ir": float((li < 0).mean()) if li.size else 0.0,
+        "matched_pairs": float(paired.sum()),
+    }
+    if true_rgb is None and true_ir is None:
+        return out
+    if true_rgb is None or true_ir is None:
+        raise ClusteringError("clustering_diagnostics: pass the true ids of both modalities (true_rgb and true_ir) "
+                              "or of neither")
+    tr, ti = _ids(true_rgb, lr.shape[0], "true_rgb"), _ids(true_ir, li.shape[0], "true_ir")
+    pseudo = np.concatenate([lr, li])
+    true = np.concatenate([tr, ti])
+    keep = pseudo >= 0
+    nan = float("nan")
+    if keep.any():
+        out["ari"] = float(adjusted_rand_score(true[keep], pseudo[keep]))
+        out["nmi"] = float(normalized_mutual_info_score(true[keep], pseudo[keep]))
+    else:
+        out["ari"] = out["nmi"] = nan
+    singletons = pseudo.copy()
+    singletons[~keep] = num + np.arange(int((~keep).sum()))
+    out["ari_all"] = float(adjusted_rand_score(true, singletons)) if pseudo.size else nan
+    for name, p, t in (("rgb", lr, tr), ("ir", li, ti)):
+        k = p >= 0
+        out[f"ari_{name}"] = float(adjusted_rand_score(t[k], p[k])) if k.any() else nan
+    maj_r, maj_i = _majority(tr, lr, num), _majority(ti, li, num)
+    out["match_precision"] = float((maj_r[paired] == maj_i[paired]).mean()) if paired.any() else nan
+    return out
