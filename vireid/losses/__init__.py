@@ -3,7 +3,8 @@
 Supervised (AGW, CAJ, MSCLNet): :func:`cross_entropy`, :func:`circle_logits`, :func:`weighted_regularized_triplet`,
 :func:`batch_hard_triplet`, and the MSCLNet terms :func:`modality_diversity`, :func:`local_complement`,
 :func:`global_complement`, :func:`subclass_center`, :func:`intra_center`, :func:`inter_center`.
-Mutual learning (AML): :func:`symmetric_kl`, :func:`similarity_structure`, :func:`distance_structure`.
+Mutual learning (AML): :func:`symmetric_kl`, :func:`similarity_structure`, :func:`distance_structure`; AML's
+stage-2 cluster memory (a module, updated in backward): :class:`ClusterMemory`.
 Weighting and switching terms off: :func:`combine`, :func:`enabled`.
 
 Example::
@@ -19,6 +20,7 @@ Example::
 from .aml import distance_structure, similarity_structure, symmetric_kl
 from .classification import circle_logits, cross_entropy
 from .combine import combine, enabled
+from .memory import ClusterMemory
 from .metric import batch_hard_triplet, pairwise_euclidean, weighted_regularized_triplet
 from .msclnet import (
     global_complement,
@@ -30,6 +32,7 @@ from .msclnet import (
 )
 
 __all__ = [
+    "ClusterMemory",
     "batch_hard_triplet",
     "circle_logits",
     "combine",
