@@ -110,8 +110,8 @@ def test_no_update_without_backward_and_bad_labels() -> None:
 
 def test_reset_resizes_and_state_dict_round_trip() -> None:
     mem = ClusterMemory(4, 3)
-    mem.reset(torch.tensor([[3.0, 0, 0, 4.0]] * 5))
-    assert mem.num_clusters == 5 and "memory" in dict(mem.named_buffers())
+    mem.reset(np.array([[3.0, 0, 0, 4.0]] * 5))  # NumPy float64 in (cluster_centroids' output), float32 buffer out
+    assert mem.num_clusters == 5 and "memory" in dict(mem.named_buffers()) and mem.memory.dtype == torch.float32
     np.testing.assert_allclose(mem.memory.numpy(), [[0.6, 0, 0, 0.8]] * 5, atol=1e-7)
     other = ClusterMemory(4, 2)  # another epoch's cluster count: loading adopts the checkpoint's size
     other.load_state_dict(mem.state_dict())
@@ -130,7 +130,7 @@ def test_autocast_bf16_loss_is_float32() -> None:
     ref = F.cross_entropy(F.normalize(f.detach().float(), dim=1) @ mem.memory.T / 0.05, torch.tensor([0, 1, 2, 0]))
     loss.backward()
     assert f.grad is not None and f.grad.dtype == torch.bfloat16
-    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(ref), rel=1e-5)
 
 
 def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:

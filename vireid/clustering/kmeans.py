@@ -188,7 +188,8 @@ def cosine_kmeans(
 
     Example::
 
-        >>> x = np.concatenate([np.eye(4)[i] + 0.01 * np.random.rand(5, 4) for i in range(3)])
+        >>> rng = np.random.default_rng(0)
+        >>> x = np.concatenate([np.eye(4)[i] + 0.01 * rng.random((5, 4)) for i in range(3)])
         >>> labels, centroids = cosine_kmeans(x, 3, backend="torch")
         >>> sorted(np.bincount(labels).tolist())
         [5, 5, 5]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -136,11 +137,13 @@ class ClusterMemory(nn.Module):
         return f"dim={self.dim}, num_clusters={self.num_clusters}, temperature={self.temperature}, momentum={self.momentum}"
 
     @torch.no_grad()
-    def reset(self, centroids: torch.Tensor) -> None:
-        """Replace the memory by an L2-normalised float32 copy of ``centroids`` [C, dim] (C may differ from before)."""
-        if centroids.dim() != 2 or centroids.shape[1] != self.dim:
-            raise ValueError(f"ClusterMemory.reset: centroids must be [C, {self.dim}], got {tuple(centroids.shape)}")
-        c = F.normalize(torch.as_tensor(centroids).detach().to(device=self.memory.device, dtype=torch.float32), dim=1)
+    def reset(self, centroids: torch.Tensor | np.ndarray) -> None:
+        """Replace the memory by an L2-normalised float32 copy of ``centroids`` [C, dim] (C may differ from before;
+        a NumPy array, e.g. from :func:`vireid.clustering.cluster_centroids`, is accepted too)."""
+        c = torch.as_tensor(centroids).detach()
+        if c.dim() != 2 or c.shape[1] != self.dim:
+            raise ValueError(f"ClusterMemory.reset: centroids must be [C, {self.dim}], got {tuple(c.shape)}")
+        c = F.normalize(c.to(device=self.memory.device, dtype=torch.float32), dim=1)
         self.memory = c.clone()  # assigning a tensor to a registered buffer name keeps it a buffer
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
