@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
     threshold = DEFAULT_IR_THRESHOLD if args.ir_threshold is None else args.ir_threshold
     probes = image_files(args.probe)
     embedder = Embedder.load(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    emb = embedder.embed(probes, probe_mod, ir_threshold=threshold)  # first: a bad probe fails before the gallery
     gallery = load_gallery(args.gallery, embedder, modality=gallery_mod, root=args.gallery_root,
                            ir_threshold=threshold)
-    emb = embedder.embed(probes, probe_mod, ir_threshold=threshold)
     result = search(emb.features, gallery.features, args.top, index=args.index, nprobe=args.nprobe,
                     nlist=args.nlist, device=str(embedder.device))
     if args.index == "ivf" and result.backend != "faiss-ivf":
