@@ -79,7 +79,35 @@ def method_from_config(cfg: Config, model: torch.nn.Module, num_classes: int):
                                  backbone_lr_mult=cfg.train.backbone_lr_mult)
         except ValueError as exc:  # unknown loss-term names and bad options, reported by the method
             raise ConfigError(f"method: {exc}") from None
-    raise ConfigError(f"method.name={m.name!r} has no builder; known: agw, caj, msclnet")
+    if m.name == "aml":
+        raise ConfigError("method.name=aml trains in phases (cfg.aml.phases): run it with `vireid train`, which builds "
+                          "each phase's method with build.aml_method_from_config")
+    raise ConfigError(f"method.name={m.name!r} has no builder; known: agw, caj, msclnet, aml")
+
+
+def aml_method_from_config(cfg: Config, phase, model1: torch.nn.Module, model2: torch.nn.Module, *,
+                           memories: tuple | list | None = None, num_samples: int = 0):
+    """The AML method of one phase (SPEC 6): stage 1 (two classifier networks) or stage 2 (two cluster memories)."""
+    from vireid.methods.aml import AMLStage1, AMLStage2
+
+    a, aug, d = cfg.aml, cfg.augment, cfg.data
+    if phase.stage == 1:
+        from vireid.data.transforms import aml_stage1_transform
+
+        transform = aml_stage1_transform(d.height, d.width, pad=aug.pad, flip=aug.flip,
+                                         brightness=aug.color_jitter[0], contrast=aug.color_jitter[1],
+                                         jitter_p=aug.color_jitter_p, erasing=aug.erasing,
+                                         erasing_area=aug.erasing_area, erasing_ratio=aug.erasing_ratio,
+                                         alpha=aug.fake_ir_alpha, aligned=aug.aligned_twin)
+        return AMLStage1(model1, model2, transform=transform, kl_weight=phase.kl_weight, sim_weight=a.sim_weight,
+                         label_smoothing=a.label_smoothing, circle_scale=a.circle_scale,
+                         circle_margin=a.circle_margin)
+    if memories is None or len(memories) != 2:
+        raise ValueError("AML stage 2 needs two cluster memories")
+    return AMLStage2(model1, model2, memories[0], memories[1], num_samples=num_samples, height=d.height,
+                     width=d.width, kl_weight=phase.kl_weight, dist_weight=a.dist_weight, pad=aug.pad, flip=aug.flip,
+                     erasing=aug.erasing, erasing_area=aug.erasing_area, erasing_ratio=aug.erasing_ratio,
+                     brightness=aug.color_jitter[0], contrast=aug.color_jitter[1])
 
 
 def optimizer_from_config(cfg: Config, method) -> torch.optim.Optimizer:

@@ -148,7 +148,7 @@ class ModelConfig:
 class MethodConfig:
     """Which published method trains the model, and its loss weights (0 switches a term off)."""
 
-    name: Literal["agw", "caj", "msclnet"] = "agw"
+    name: Literal["agw", "caj", "msclnet", "aml"] = "agw"
     weights: dict[str, float] = field(default_factory=dict)
     """Loss-term weights overriding the method's published defaults, e.g. {wrt: 0} or MSCLNet {div: 0}.
     Unknown term names are an error that lists the method's terms."""
@@ -236,6 +236,89 @@ class EvalConfig:
 
 
 @dataclass
+class PhaseConfig:
+    """One phase of a multi-phase recipe (AML: stage-1 runs 1 and 2, stage-2 runs A and B; SPEC 6).
+
+    A phase trains for ``iterations`` optimiser steps with Adam and a per-iteration warm-up / hold / cosine schedule
+    into ``<output_dir>/<name>/``, starting from the final weights of phase ``init`` ("" = the model's
+    ``pretrained`` weights). A finished phase is skipped on ``--resume``; an interrupted one continues.
+    """
+
+    name: str = "phase"
+    stage: int = 1
+    """1 = RGB-gray mutual learning on the auxiliary source; 2 = cross-modality self-training on the target."""
+    iterations: int = 15000
+    lr: float = 3.5e-4
+    init: str = ""
+    warmup: int = 2000
+    warmup_factor: float = 0.01
+    hold_until: int | None = None
+    """Constant lr until this iteration, then cosine to ``final_lr`` (None: stage 1 9,000; stage 2 = warmup)."""
+    final_lr: float = 7.7e-7
+    kl_weight: float = 0.0
+    """Mutual KL weight (stage 1: 0 in run 1, 0.1 in run 2; stage 2: 0.01)."""
+    clustering: Literal["dbscan", "kmeans"] = "dbscan"
+    """Stage 2: Jaccard + DBSCAN (run A) or cosine k-means (run B)."""
+    recluster_every: int | None = None
+    """Stage 2: re-cluster every this many iterations (RegDB: 200); None = once the samples trained since the last
+    clustering exceed the number of kept (non-outlier) samples (an "epoch")."""
+    num_ids: int = 4
+    num_instances: int = 16
+
+    def validate(self, key: str) -> None:
+        _check(self.stage in (1, 2), f"{key}.stage", self.stage, "1 or 2")
+        _check(self.iterations >= 1, f"{key}.iterations", self.iterations, "an integer >= 1")
+        _check(self.lr > 0, f"{key}.lr", self.lr, "a positive number")
+        _check(0 <= self.warmup < self.iterations, f"{key}.warmup", self.warmup, "0 <= warmup < iterations")
+        hold = self.hold_until
+        _check(hold is None or self.warmup <= hold < self.iterations, f"{key}.hold_until", hold,
+               "null or warmup <= hold_until < iterations")
+        _check(self.kl_weight >= 0, f"{key}.kl_weight", self.kl_weight, "a weight >= 0")
+        _check(self.recluster_every is None or self.recluster_every >= 1, f"{key}.recluster_every",
+               self.recluster_every, "null or an integer >= 1")
+        _check(self.num_ids >= 1 and self.num_instances >= 2, f"{key}.num_ids/num_instances",
+               (self.num_ids, self.num_instances), "num_ids >= 1 and num_instances >= 2")
+
+
+@dataclass
+class AMLConfig:
+    """AML (SPEC 6): the auxiliary source data, the loss weights and clustering settings, and the phases in order."""
+
+    source: DataConfig = field(default_factory=lambda: DataConfig(dataset="market1501_gen", root="data/market1501_gen"))
+    """Stage-1 data: market1501_gen with the fake-IR twins of ``source.target`` and pplr pseudo labels."""
+    phases: list[PhaseConfig] = field(default_factory=list)
+    label_smoothing: float = 0.1
+    circle_scale: float = 64.0
+    circle_margin: float = 0.35
+    sim_weight: float = 0.5
+    """Stage 1: similarity-structure terms (o1 -> o3, o3 -> o2)."""
+    dist_weight: float = 0.05
+    """Stage 2: distance-structure term between the two models."""
+    temperature: float = 0.05
+    memory_momentum: float = 0.2
+    eps: float = 0.4
+    min_samples: int = 4
+    k1: int = 30
+    k2: int = 6
+    kmeans_k: int = 400
+    diagnostics_truth: bool = True
+    """Log ARI/NMI/match precision against the dataset's identity column when it has one (synthetic data, a labelled
+    dataset run unsupervised). Never used for training or model selection."""
+
+    def validate(self, key: str) -> None:
+        names = [p.name for p in self.phases]
+        _check(len(set(names)) == len(names), f"{key}.phases", names, "distinct phase names")
+        for i, p in enumerate(self.phases):
+            _check(p.init == "" or p.init in names[:i], f"{key}.phases[{i}].init", p.init,
+                   f"'' or the name of an earlier phase ({', '.join(names[:i]) or 'none'})")
+        _check(self.temperature > 0, f"{key}.temperature", self.temperature, "a positive number")
+        _check(0 <= self.memory_momentum < 1, f"{key}.memory_momentum", self.memory_momentum, "a value in [0, 1)")
+        _check(self.eps > 0 and self.min_samples >= 1, f"{key}.eps/min_samples", (self.eps, self.min_samples),
+               "eps > 0 and min_samples >= 1")
+        _check(self.kmeans_k >= 2, f"{key}.kmeans_k", self.kmeans_k, "an integer >= 2")
+
+
+@dataclass
 class Config:
     """Top-level config: one per run."""
 
@@ -246,6 +329,8 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    aml: AMLConfig | None = None
+    """Only for method.name=aml (SPEC 6)."""
     seed: int = 0
     output_dir: str = "runs/default"
 
@@ -356,6 +441,9 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) == 1:  # an optional section: report what is wrong inside it
+            return _coerce(sections[0], value, key, source)
         errors = []
         for arg in args:
             if arg is type(None):

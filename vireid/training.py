@@ -143,7 +143,14 @@ def test_plan(cfg: Config, ds: CrossModalDataset) -> ProtocolPlan:
 
 
 def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` (every RegDB trial in ``data.trials`` in turn) and test; returns the results summary."""
+    """Train ``cfg`` (every RegDB trial in ``data.trials`` in turn) and test; returns the results summary.
+
+    ``method.name: aml`` runs the AML phases (:mod:`vireid.training_aml`).
+    """
+    if cfg.method.name == "aml":
+        from vireid.training_aml import train_aml
+
+        return train_aml(cfg, resume=resume, progress=progress)
     if cfg.data.dataset == "regdb" and cfg.data.trials:
         per_trial = []
         for t in cfg.data.trials:

@@ -114,6 +114,10 @@ class Trainer:
         meta: provenance stored in checkpoints (:func:`vireid.engine.checkpoint.make_meta`).
         deterministic: ask torch for deterministic kernels (warn-only) and disable the cuDNN autotuner.
         tensorboard: mirror log rows to TensorBoard (None = if installed).
+        on_epoch_start: ``on_epoch_start(epoch)`` on every rank before an epoch's batches are drawn, also when a
+            resumed run continues mid-epoch (so it must restore, not recompute, state that the epoch's first steps
+            depended on; AML keeps its pseudo labels in the method state for this). It may change the sampler's
+            labels and length.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class Trainer:
         max_steps: int | None = None,
         deterministic: bool = True,
         tensorboard: bool | None = False,
+        on_epoch_start: Callable[[int], None] | None = None,
     ) -> None:
         if amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
@@ -175,6 +180,7 @@ class Trainer:
         self.checkpoint_every = int(checkpoint_every_steps)
         self.validate, self.validate_every, self.select_metric = validate, validate_every_epochs, select_metric
         self.log_every, self.progress = log_every, progress
+        self.on_epoch_start = on_epoch_start
         self.meta = dict(meta or {})
         if deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -198,8 +204,11 @@ class Trainer:
         history: dict[str, Any] = {"rows": 0}
         done = self.max_steps is not None and self.global_step >= self.max_steps
         while self.epoch < self.epochs and not done:
-            epoch, steps = self.epoch, len(self.sampler)
+            epoch = self.epoch
+            if self.on_epoch_start is not None:  # e.g. re-clustering (AML): may change the sampler's labels/length
+                self.on_epoch_start(epoch)
             self.sampler.set_epoch(epoch)
+            steps = len(self.sampler)
             if self.schedule_unit == "epoch":
                 self._set_lr(epoch)
             bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {epoch}", dynamic_ncols=True,
@@ -368,6 +377,9 @@ class Trainer:
         if ckpt.get("method") is None or ckpt.get("optimizer") is None:
             raise CheckpointError(f"{path}: has no training state (optimizer/method) — best.pt-style checkpoints "
                                   "are for testing; resume from last.pt")
+        adapt = getattr(self.method, "adapt_to_state", None)
+        if adapt is not None:  # state whose shape changes during training (AML's cluster memories)
+            adapt(ckpt["method"])
         load_model_state(self.method, ckpt["method"], path)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
