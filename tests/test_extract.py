@@ -237,6 +237,10 @@ def test_bad_inputs(tiny, subset, tmp_path, capsys):
                                     "--modality", "rgb", "--out", out], capsys)[::2])
     assert "not under the root" in line
 
+    line = one_line_error(*run_cli(["extract", ckpt, "--images", root, "--modality", "rgb", "--ir-threshold", 3,
+                                    "--out", out], capsys)[::2])
+    assert "--ir-threshold applies to --modality auto only" in line
+
     line = one_line_error(*run_cli(["extract", ckpt, "--images", root, "--modality", "rgb", "--device", "tpu:9",
                                     "--out", out], capsys)[::2])
     assert "--device tpu:9" in line

@@ -6,7 +6,7 @@ import argparse
 import textwrap
 
 NAME = "calibrate"
-HELP = "Distance thresholds for target false-accept rates from a labelled features file (ROC, EER)."
+HELP = "Thresholds for target false-accept rates from a labelled features file (ROC, EER)."
 
 EPILOG = textwrap.dedent("""\
     Pairs: every visible x infrared pair of the file (cross-modal only); same pid = genuine, else impostor.

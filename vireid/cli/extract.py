@@ -53,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from vireid.inference.embed import Embedder
     from vireid.inference.images import DEFAULT_IR_THRESHOLD, collect_images, parse_modality
 
+    from vireid.errors import ConfigError
+
     modality = parse_modality(args.modality)
+    if args.ir_threshold is not None and modality != "auto":
+        raise ConfigError(f"--ir-threshold applies to --modality auto only (got --modality {modality})")
     images = collect_images(args.images, args.root)
     embedder = Embedder.load(args.checkpoint, device=args.device, batch_size=args.batch_size, workers=args.workers)
     threshold = DEFAULT_IR_THRESHOLD if args.ir_threshold is None else args.ir_threshold

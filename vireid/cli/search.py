@@ -6,7 +6,7 @@ import argparse
 import textwrap
 
 NAME = "search"
-HELP = "Search a gallery with probe images (IR probes vs RGB gallery by default): table, JSON, picture."
+HELP = "Search an RGB gallery with IR probe images (by default): ranked table, JSON, picture."
 
 EPILOG = textwrap.dedent("""\
     The probes are embedded as --probe-modality (default ir); a gallery DIR or list file is embedded as
@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--index {args.index!r}: unknown index; use exact or ivf")
     if args.top < 1:
         raise ConfigError(f"--top {args.top}: must be at least 1")
+    if args.ir_threshold is not None and "auto" not in (probe_mod, gallery_mod):
+        raise ConfigError("--ir-threshold applies to --probe-modality auto or --gallery-modality auto only")
     threshold = DEFAULT_IR_THRESHOLD if args.ir_threshold is None else args.ir_threshold
     probes = image_files(args.probe)
     embedder = Embedder.load(args.checkpoint, device=args.device, batch_size=args.batch_size)

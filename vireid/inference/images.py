@@ -17,9 +17,11 @@ Identities and cameras, in order of precedence:
 
 Modality "auto" (:func:`ir_scores`): an infrared frame is a gray level image stored in three channels, so its
 channels are (nearly) equal everywhere, while a colour photograph of a person and a street almost never is. The
-score of an image is the mean over its pixels of ``max(R, G, B) - min(R, G, B)`` (0..255; JPEG chroma noise of a
-3-channel IR frame gives about 0..2, colour photographs 10..60). Below the threshold (default
-:data:`DEFAULT_IR_THRESHOLD`) the image is called infrared. It is computed on the image as the model sees it
+score of an image is the mean over its pixels of ``max(R, G, B) - min(R, G, B)`` (0..255). A gray frame scores 0
+(PIL decodes a 3-channel JPEG of a gray image with equal channels); on the synthetic SYSU-MM01 every RGB image scores
+13 or more, and a photograph desaturated to 30% still scores about 4..8. Below the threshold (default
+:data:`DEFAULT_IR_THRESHOLD`) the image is called infrared; raise it for noisy IR cameras with a colour cast, lower
+it for washed-out night-time RGB. It is computed on the image as the model sees it
 (decoded, converted to RGB, resized to the checkpoint's input size). Colour-mapped thermal images (false colour
 palettes) are not gray and are called visible: pass the modality explicitly for those.
 """

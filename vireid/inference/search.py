@@ -62,13 +62,24 @@ def normalize64(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def normalize32(x: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """A new float32 array of the L2-normalised rows of ``x`` (computed in chunks: no float64 copy of ``x``)."""
+    out = np.empty(x.shape, dtype=np.float32)
+    for a in range(0, x.shape[0], chunk):
+        out[a:a + chunk] = normalize64(x[a:a + chunk])
+    return out
+
+
 def _rescore(q: np.ndarray, g: np.ndarray, cand: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """float64 distances of candidate rows ``cand`` [P, k'] (-1 = none), sorted (distance, row); first ``top``."""
+    """float64 distances of candidate rows ``cand`` [P, k'] (-1 = none), sorted (distance, row); first ``top``.
+
+    ``q`` is the float64-normalised probes; ``g`` the raw gallery features (only the candidates are normalised).
+    """
     p, k = cand.shape
     d = np.full((p, k), np.inf)
     for i in range(p):
         ok = cand[i] >= 0
-        diff = g[cand[i, ok]] - q[i]
+        diff = normalize64(g[cand[i, ok]]) - q[i]
         d[i, ok] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     rows_key = np.where(cand >= 0, cand, np.iinfo(np.int64).max)
     order = np.lexsort((rows_key, d), axis=1)[:, :top]
@@ -125,18 +136,19 @@ def search(
     """
     if index not in ("exact", "ivf"):
         raise ConfigError(f"--index {index!r}: unknown index; use exact or ivf")
+    g = np.asarray(gallery_features)
+    if np.ndim(probe_features) != 2 or g.ndim != 2 or np.shape(probe_features)[1] != g.shape[1]:
+        raise ConfigError(f"probe features {np.shape(probe_features)} and gallery features {g.shape} must be "
+                          "[N, D] with one D")
     q = normalize64(probe_features)
-    g = normalize64(gallery_features)
-    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-        raise ConfigError(f"probe features {q.shape} and gallery features {g.shape} must be [N, D] with one D")
     n_gallery = g.shape[0]
     if n_gallery == 0:
         raise ConfigError("the gallery is empty; nothing to search")
     if top < 1:
         raise ConfigError(f"--top {top}: must be at least 1")
     top = min(int(top), n_gallery)
-    q32 = np.ascontiguousarray(q, dtype=np.float32)
-    g32 = np.ascontiguousarray(g, dtype=np.float32)
+    q32 = q.astype(np.float32)
+    g32 = normalize32(g)  # the only gallery-sized copy (float32)
     faiss = _faiss() if use_faiss else None
 
     if index == "ivf" and faiss is not None:
