@@ -9,6 +9,7 @@ import torch
 from vireid.errors import FeaturesError
 from vireid.evaluation.metrics import (
     evaluate_ranking,
+    evaluate_trials,
     feature_distance_fn,
     pair_keys,
     pairwise_distance,
@@ -217,3 +218,116 @@ def test_half_precision_and_device_argument():
     for x in (d, d.bfloat16(), d.float()):
         r = evaluate_ranking(x, [1], [2, 1, 1], device="cpu")
         assert r.mAP == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# several trials sharing the queries (evaluate_trials): the union path against the loop, trial by trial
+
+
+def multishot(rng: np.random.Generator, n_ids: int, shots: int, trials: int):
+    """A SYSU-multi-shot-shaped case: gallery folders (pid, cam) in a fixed order, each trial takes ``shots`` images
+    of every folder in a trial-specific order (like rand_perm_cam). Union columns are shuffled, so the union's
+    column order is not the trials' order; some columns are in no trial."""
+    folders = [(p, c) for c in (1, 2, 4, 5) for p in range(n_ids) if rng.random() < 0.8]
+    sizes = rng.integers(1, 2 * shots + 1, len(folders))
+    perm = rng.permutation(int(sizes.sum()))
+    starts = np.r_[0, np.cumsum(sizes)]
+    gp = np.empty(perm.size, np.int64)
+    gc = np.empty(perm.size, np.int64)
+    for (p, c), a, b in zip(folders, starts[:-1], starts[1:]):
+        gp[perm[a:b]], gc[perm[a:b]] = p, c
+    cols = [np.concatenate([perm[a:b][rng.permutation(b - a)[:shots]] for a, b in zip(starts[:-1], starts[1:])])
+            for _ in range(trials)]
+    return gp, gc, cols
+
+
+def no_fallback(monkeypatch):
+    from vireid.evaluation import metrics
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the union path fell back to per-trial evaluation")
+
+    monkeypatch.setattr(metrics, "_per_trial", boom)
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("cmc", ["standard", "identity"])
+def test_trials_union_against_reference(monkeypatch, seed, cmc):
+    rng = np.random.default_rng(100 + seed)
+    gp, gc, cols = multishot(rng, n_ids=int(rng.integers(2, 9)), shots=int(rng.integers(1, 5)),
+                             trials=int(rng.integers(2, 7)))
+    Q, U = int(rng.integers(5, 60)), gp.size
+    qp = rng.integers(0, gp.max() + 3, Q)  # some query ids have no gallery image: invalid queries
+    qc = rng.choice([3, 6], Q)
+    if seed % 3 == 0:  # many exact ties (between matches and other identities too)
+        d = rng.integers(0, 4, (Q, U)).astype(np.float32)
+    elif seed % 3 == 1:
+        d = (rng.integers(0, 40, (Q, U)) / 8).astype(np.float32)
+    else:
+        d = rng.random((Q, U), dtype=np.float32)
+    if seed % 2:  # SYSU location rule: cam3 queries lose every cam2 image
+        qk, gk = np.where(qc == 3, 2, -1), np.where(gc == 2, 2, -2)
+    else:  # same pid and same camera removed (cam 3 plays cam 1 here so that it triggers)
+        keys = pair_keys(np.r_[qp, gp], np.r_[np.where(qc == 3, 1, qc), gc])
+        qk, gk = keys[:Q], keys[Q:]
+    refs = [reference_metrics(d[:, c], qp, gp[c], qk, gk[c], cmc=cmc, invalid_query_quirk=bool(seed % 2))
+            for c in cols]
+    if any(r["num_valid"] == 0 for r in refs):
+        qp[0], qk[0] = gp[cols[0][0]], -7  # make query 0 valid in every trial (its id is in every trial)
+        refs = [reference_metrics(d[:, c], qp, gp[c], qk, gk[c], cmc=cmc, invalid_query_quirk=bool(seed % 2))
+                for c in cols]
+    kw = dict(cmc=cmc, invalid_query_quirk=bool(seed % 2))
+    per_trial = evaluate_trials(d, cols, qp, gp, qk, gk, method="per-trial", **kw)
+    no_fallback(monkeypatch)
+    for budget in (1e-3, 512):  # one query row per chunk, and one chunk
+        union = evaluate_trials(d, cols, qp, gp, qk, gk, method="union", memory_budget_mb=budget, **kw)
+        assert len(union) == len(cols)
+        for r, p, ref, c in zip(union, per_trial, refs, cols):
+            np.testing.assert_array_equal(r.rank, ref["rank"])
+            np.testing.assert_allclose(r.ap, ref["ap"], equal_nan=True, atol=1e-12)
+            np.testing.assert_allclose(r.inp, ref["inp"], equal_nan=True, atol=1e-12)
+            np.testing.assert_allclose(r.cmc * 100, ref["cmc"] * 100, atol=1e-4)
+            assert r.mAP * 100 == pytest.approx(ref["mAP"] * 100, abs=1e-4)
+            assert r.mINP * 100 == pytest.approx(ref["mINP"] * 100, abs=1e-4)
+            assert r.num_valid == ref["num_valid"] and r.num_gallery == c.size
+            np.testing.assert_array_equal(r.rank, p.rank)
+
+
+def test_trials_union_breaks_ties_in_each_trials_order(monkeypatch):
+    # union columns: 0 = pid 1, 1 = pid 2, 2 = pid 1; every distance equal (a three-way tie)
+    # trial 0 lists [1, 0] and trial 1 lists [1, 2]: pid 2 first in both, so the stable order is (pid 2, pid 1) and
+    # the query (pid 1) is found at rank 1 in each trial: AP = 1/2, INP = 1/2, identity rank 1.
+    # (Sorting the union by column would put column 0, pid 1, first: rank 0 -- wrong for trial 0.)
+    d = np.full((1, 3), 0.5, np.float32)
+    no_fallback(monkeypatch)
+    for cmc in ("standard", "identity"):
+        res = evaluate_trials(d, [np.array([1, 0]), np.array([1, 2])], [1], [1, 2, 1], cmc=cmc, method="union")
+        for r in res:
+            assert r.rank.tolist() == [1] and r.mAP == pytest.approx(0.5) and r.mINP == pytest.approx(0.5)
+            assert r.cmc[:2].tolist() == [0.0, 1.0] and r.num_gallery == 2
+
+
+def test_trials_inconsistent_orders_fall_back_exactly():
+    # trial 0 lists [1, 0] (pid 2 first), trial 1 lists [0, 1] (pid 1 first): no single tie order serves both,
+    # so the trials are evaluated one by one. Equal distances: query pid 1 at rank 1 in trial 0, rank 0 in trial 1.
+    d = np.full((1, 2), 0.5, np.float32)
+    res = evaluate_trials(d, [np.array([1, 0]), np.array([0, 1])], [1], [1, 2], method="union")
+    assert [r.rank.tolist() for r in res] == [[1], [0]]
+    assert [r.mAP for r in res] == [pytest.approx(0.5), 1.0]
+    # a column listed twice in one trial is two gallery entries (pid 1 twice after pid 2: AP = (1/2 + 2/3) / 2)
+    res = evaluate_trials(d, [np.array([1, 0, 0]), np.array([1, 0])], [1], [1, 2], method="union")
+    assert res[0].mAP == pytest.approx((1 / 2 + 2 / 3) / 2) and res[0].num_gallery == 3
+    assert res[1].mAP == pytest.approx(0.5)
+
+
+def test_trials_bad_inputs():
+    d = np.zeros((2, 3), np.float32)
+    with pytest.raises(FeaturesError, match="trial 1: gallery columns must be a non-empty 1-D integer array in 0..2"):
+        evaluate_trials(d, [np.array([0, 1]), np.array([0, 3])], [1, 2], [1, 2, 3])
+    with pytest.raises(FeaturesError, match="trial 0: gallery columns"):
+        evaluate_trials(d, [np.array([], np.int64)], [1, 2], [1, 2, 3])
+    for method in ("union", "per-trial"):  # trial 1 holds only pid 3, which no query has
+        with pytest.raises(FeaturesError, match="trial 1: no valid query"):
+            evaluate_trials(d, [np.array([0, 1]), np.array([2])], [1, 2], [1, 2, 3], method=method)
+    with pytest.raises(FeaturesError, match="NaN or infinite"):
+        evaluate_trials(np.full((2, 3), np.nan, np.float32), [np.array([0, 1])], [1, 2], [1, 2, 3])

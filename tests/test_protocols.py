@@ -235,6 +235,42 @@ def test_sysu_official_against_reference(tmp_path, mode, shots):
         del gk
 
 
+def test_sysu_official_multishot_union_path(tmp_path, monkeypatch):
+    # folders of 11-16 RGB images: the 10-shot galleries of the 10 runs differ and overlap, the case the union path
+    # (one sort of each query's union row for all runs) is for. Exact features: many distance ties across
+    # identities, broken in each run's own gallery order. Every run is compared with the loop.
+    from vireid.evaluation import metrics
+
+    rng = np.random.default_rng(11)
+    rows = []
+    for pid in (1, 3, 5, 8, 12, 20):
+        for cam in range(1, 7):
+            n = int(rng.integers(1, 4)) if cam in (3, 6) else int(rng.integers(11, 17)) * int(rng.random() < 0.8)
+            rows += [(f"cam{cam}/{pid:04d}/{f:04d}.jpg", pid, cam, 1 if cam in (3, 6) else 0) for f in range(1, n + 1)]
+    fs = make_pool(rows, seed=11)
+    rand_perm_mat(tmp_path / "exp" / "rand_perm_cam.mat", fs, seed=11)
+    plan = build_protocol("sysu-official", fs, mode="all", shots=10, trials=10, dataset_root=tmp_path)
+    per_trial = evaluate_protocol(fs.features, plan, trial_method="per-trial")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the union path fell back to per-trial evaluation")
+
+    monkeypatch.setattr(metrics, "_per_trial", boom)
+    union = evaluate_protocol(fs.features, plan, trial_method="union")
+    loc = {1: 1, 2: 2, 3: 2, 4: 4, 5: 5, 6: 6}
+    galleries = {tuple(sorted(t.gallery.tolist())) for t in plan.trials}
+    assert len(galleries) == 10  # the runs' galleries differ
+    for trial, r, p in zip(plan.trials, union.per_trial, per_trial.per_trial):
+        q, g = trial.query, trial.gallery
+        ref = reference_metrics(exact_dist(fs, q, g), fs.pids[q], fs.pids[g], np.array([loc[c] for c in fs.camids[q]]),
+                                np.array([loc[c] for c in fs.camids[g]]), cmc="identity")
+        assert_same(r, ref)
+        np.testing.assert_array_equal(r.rank, ref["rank"])
+        np.testing.assert_allclose(r.ap, ref["ap"], equal_nan=True, atol=1e-12)
+        np.testing.assert_array_equal(r.rank, p.rank)
+    assert union.summary()["mAP"] == pytest.approx(per_trial.summary()["mAP"], abs=1e-12)
+
+
 def test_sysu_official_errors(tmp_path):
     fs = make_pool(sysu_rows(3), seed=3)
     with pytest.raises(DataError, match="rand_perm_cam.mat: not found"):

@@ -494,30 +494,41 @@ class ProtocolResult:
 
 def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool = False,
                       device: str | None = None, memory_budget_mb: float = 512.0,
-                      progress: bool = False) -> ProtocolResult:
+                      progress: bool = False, trial_method: str = "auto") -> ProtocolResult:
     """Evaluate ``plan`` on the pool's ``features`` ([N, D], rows aligned with the pool).
 
     Features are L2-normalised, distances are Euclidean. When every trial has the same queries (all protocols here)
-    the query x (union of all trial galleries) distances are computed once and column-selected per trial -- if that
-    matrix fits in ``memory_budget_mb``; otherwise each trial streams its distances in chunks.
+    the query x (union of all trial galleries) distances are computed once -- if that matrix fits in
+    ``memory_budget_mb`` -- and :func:`vireid.evaluation.metrics.evaluate_trials` evaluates every trial from it
+    (``trial_method``: "auto", "union" = one sort of each query's union row for all trials, or "per-trial");
+    otherwise each trial streams its distances in chunks.
     With ``rerank`` each trial's distances come from
     :func:`vireid.evaluation.rerank.k_reciprocal_rerank` (k1 20, k2 6, lambda 0.3) on the normalised features.
     """
     import torch
 
-    from vireid.evaluation.metrics import evaluate_ranking, feature_distance_fn, l2_normalize
+    from vireid.evaluation.metrics import evaluate_ranking, evaluate_trials, feature_distance_fn, l2_normalize
 
+    for trial in plan.trials:
+        if trial.gallery.size == 0:
+            raise FeaturesError(f"{plan.protocol} trial {trial.index}: empty gallery")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     feats = l2_normalize(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(dev))
     same_queries = all(np.array_equal(t.query, plan.trials[0].query) for t in plan.trials)
-    cache: dict[str, Any] = {}
     if same_queries and not rerank:
         query = plan.trials[0].query
         union = np.unique(np.concatenate([t.gallery for t in plan.trials]))
         if query.size * union.size * 4 <= memory_budget_mb * 2**20:
             fn = feature_distance_fn(feats[query], feats[union], normalize=False, device=dev)
-            cache["union"] = union
-            cache["dist"] = fn(0, query.size)
+            results = evaluate_trials(
+                fn(0, query.size), [np.searchsorted(union, t.gallery) for t in plan.trials],
+                plan.pids[query], plan.pids[union], plan.query_remove_keys[query], plan.gallery_remove_keys[union],
+                cmc=plan.cmc, invalid_query_quirk=plan.invalid_query_quirk,  # type: ignore[arg-type]
+                memory_budget_mb=memory_budget_mb, method=trial_method,  # type: ignore[arg-type]
+                assume_finite=True, progress=progress,
+                trial_names=[f"{plan.protocol} trial {t.index}" for t in plan.trials],
+            )
+            return ProtocolResult(plan, results, rerank)
 
     results = []
     trials = plan.trials
@@ -527,25 +538,12 @@ def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool 
         trials = tqdm(trials, desc=f"{plan.protocol} trials", unit="trial", leave=False, disable=None)
     for trial in trials:
         q, g = trial.query, trial.gallery
-        if g.size == 0:
-            raise FeaturesError(f"{plan.protocol} trial {trial.index}: empty gallery")
         if rerank:
             try:
                 from vireid.evaluation.rerank import k_reciprocal_rerank
             except ImportError as exc:
                 raise FeaturesError(f"--rerank is unavailable: {exc}") from None
             dist: Any = np.asarray(k_reciprocal_rerank(feats[q], feats[g], device=dev))
-        elif "dist" in cache:
-            cols = torch.from_numpy(np.searchsorted(cache["union"], g)).to(dev)
-            full = cache["dist"]
-
-            def dist(a: int, b: int, full: torch.Tensor = full, cols: torch.Tensor = cols) -> torch.Tensor:
-                if full.device.type == "cpu":  # np.take is ~2x faster than index_select along dim 1 on CPU
-                    return torch.from_numpy(np.take(full[a:b].numpy(), cols.numpy(), axis=1))
-                return full[a:b].index_select(1, cols)
-
-            dist.shape = (q.size, g.size)  # type: ignore[attr-defined]
-            dist.fresh_finite = True  # type: ignore[attr-defined]
         else:
             dist = feature_distance_fn(feats[q], feats[g], normalize=False, device=dev)
         res = evaluate_ranking(
@@ -556,4 +554,3 @@ def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool 
         )
         results.append(res)
     return ProtocolResult(plan, results, rerank)
-
