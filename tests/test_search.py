@@ -95,6 +95,7 @@ def setup(tmp_path_factory):
     return ckpt, dest, rels, [probe_in, probe_other]
 
 
+@pytest.mark.slow
 def test_cli_search_folder_and_features_file(setup, tmp_path, capsys):
     ckpt, gallery, rels, probes = setup
     out = tmp_path / "hits"
