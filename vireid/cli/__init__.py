@@ -35,11 +35,25 @@ def _load_commands() -> list[ModuleType]:
     return sorted(mods, key=lambda m: (rank.get(m.NAME, len(rank)), m.NAME))
 
 
+class _OneLineCommands(argparse.RawDescriptionHelpFormatter):
+    """Keeps every command's help on its name's line: argparse sizes the name column without the sub-command
+    indent, so names longer than 8 characters (``calibrate``) would otherwise wrap onto a line of their own."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if action.help is argparse.SUPPRESS or not isinstance(action, argparse._SubParsersAction):
+            return
+        names = [self._format_action_invocation(choice) for choice in action._get_subactions()]
+        if names:
+            width = max(map(len, names)) + self._current_indent + 2 * self._indent_increment
+            self._action_max_length = max(self._action_max_length, width)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vireid",
         description="vireid: visible-infrared person re-identification toolkit.",
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=16, width=110),
+        formatter_class=lambda prog: _OneLineCommands(prog, max_help_position=16, width=110),
         epilog="Run `vireid COMMAND --help` for a command's options. Start with `vireid demo`.",
     )
     parser.add_argument("--version", action="version", version=f"vireid {__version__}")
