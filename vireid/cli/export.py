@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", default="1", metavar="dynamic|N",
                         help="batch axis: 'dynamic' or a fixed size (default: 1)")
     parser.add_argument("--feature", choices=("bn", "pooled"), default=None,
-                        help="bn = after the BNNeck (reported), pooled = before it (default: the config's eval.feature)")
+                        help="bn = after the BNNeck (reported), pooled = before it "
+                             "(default: the config's eval.feature)")
     parser.add_argument("--flip", action="store_true",
                         help="average the features of the image and its mirror image inside the graph")
     parser.add_argument("--checkpoint-format", choices=("vireid", "agw", "fastreid"), default="vireid",

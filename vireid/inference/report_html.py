@@ -538,9 +538,10 @@ def render_report(run: RunFolder, *, queries: int = 4, top: int = 8) -> str:
              ("trained with vireid", meta.get("vireid_version")), ("git commit", meta.get("git_commit")),
              ("report by vireid", __version__), ("generated", time.strftime("%Y-%m-%d %H:%M:%S"))]
 
+    identity_level = str(results.get("protocol", "")) in ("sysu", "sysu-official", "sysu-mm02", "llcm")
     sections = []
     sections.append(f'<section id="summary"><h2>Metrics</h2>{_metrics_table(results, run.untrained)}'
-                    f'<p class="small">Percent. CMC is {"identity-level" if str(results.get("protocol", "")) in ("sysu", "sysu-official", "sysu-mm02", "llcm") else "standard"} '
+                    f'<p class="small">Percent. CMC is {"identity-level" if identity_level else "standard"} '
                     f"for this protocol; mAP and mINP over valid queries.</p>{_meta_list(facts)}</section>")
 
     chance = run.demo.get("chance_rank1") if run.demo else None
