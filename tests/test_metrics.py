@@ -261,10 +261,11 @@ def test_trials_union_against_reference(monkeypatch, seed, cmc):
     qc = rng.choice([3, 6], Q)
     if seed % 3 == 0:  # many exact ties (between matches and other identities too)
         d = rng.integers(0, 4, (Q, U)).astype(np.float32)
-    elif seed % 3 == 1:
+    elif seed % 3 == 1:  # ties, and -0.0 (ties with 0.0)
         d = (rng.integers(0, 40, (Q, U)) / 8).astype(np.float32)
-    else:
-        d = rng.random((Q, U), dtype=np.float32)
+        d[(d == 0) & (rng.random((Q, U)) < 0.5)] = -0.0
+    else:  # any finite values are distances here, negative ones too
+        d = rng.standard_normal((Q, U), dtype=np.float32)
     if seed % 2:  # SYSU location rule: cam3 queries lose every cam2 image
         qk, gk = np.where(qc == 3, 2, -1), np.where(gc == 2, 2, -2)
     else:  # same pid and same camera removed (cam 3 plays cam 1 here so that it triggers)

@@ -32,6 +32,14 @@ against the per-query loop of :mod:`vireid.evaluation.reference`, and "fast" mea
 On CPU the value sort is NumPy's SIMD sort on row blocks in threads (several times faster than ``torch.sort``);
 on a GPU everything stays in torch.
 
+Several trials with the same queries (SYSU-MM01's ten galleries drawn from one test pool): :func:`evaluate_trials`
+takes the queries x union-of-galleries distances and each trial's gallery columns. Its union path sorts each query's
+union row once -- int64 keys ``distance bits << b | tie rank`` -- instead of once per trial, and reads every trial's
+ranks from running sums of packed per-trial membership counters along the sorted row. The tie rank is one order of
+the union columns that agrees, on entries of different identities, with every trial's own gallery order (the
+trial's stable tie-break); swapping equally distant entries of one identity changes no metric, so the result is the
+per-trial definition exactly. When no such order exists it evaluates trial by trial.
+
 Max rank: the CMC curve always has ``max_rank`` entries. When the gallery (or, identity-level, the number of
 distinct gallery identities) is shorter than ``max_rank``, the curve is padded with its last value -- a query found
 at the last rank stays found -- instead of being truncated as the reference code does.
@@ -204,18 +212,15 @@ def pair_keys(*columns: np.ndarray) -> np.ndarray:
 # ranking
 
 
-def _sort_rows(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """Ascending sort of each row's values (indices not needed); ``inplace`` sorts ``x`` itself.
+def _sort_rows(x: torch.Tensor) -> torch.Tensor:
+    """Ascending sort of each row's values (indices not needed).
 
     CPU: NumPy's SIMD quicksort on row blocks in parallel threads (NumPy releases the GIL); it is several times faster
-    than ``torch.sort`` for float32 rows (and for int64 keys). Values only, so stability is irrelevant. GPU:
-    ``torch.sort``.
+    than ``torch.sort`` for float32 rows. Values only, so stability is irrelevant. GPU: ``torch.sort``.
     """
     if x.device.type != "cpu":
-        if inplace:
-            return x.copy_(torch.sort(x, dim=1).values)
         return torch.sort(x, dim=1).values
-    out = x.numpy() if inplace else x.numpy().copy()
+    out = x.numpy().copy()
     n_threads = max(1, min(torch.get_num_threads(), out.shape[0]))
     if n_threads == 1 or out.size < 200_000:
         out.sort(axis=1)
@@ -227,7 +232,7 @@ def _sort_rows(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
 
         with ThreadPoolExecutor(n_threads) as pool:
             list(pool.map(work, range(n_threads)))
-    return x if inplace else torch.from_numpy(out)
+    return torch.from_numpy(out)
 
 
 @dataclass
@@ -529,30 +534,33 @@ def _result(rank: np.ndarray, ap: np.ndarray, inp: np.ndarray, *, cmc: str, inva
 # several trials with the same queries (SYSU-MM01 / LLCM: 10 galleries drawn from one test pool)
 
 TrialMethod = Literal["auto", "union", "per-trial"]
-_INF_BITS = 0x7F800000  # float32 +inf read as int32: removed entries sort after every finite distance
-_LOW32 = 0xFFFFFFFF
+_INF_KEY = 0xFF800000  # key32 of float32 +inf: removed entries sort after every finite distance
+_PAD_KEY = 0xFFFFFFFF  # above +inf: the key of a padding "match", after everything in its row
 
 
 @dataclass
 class _UnionTables:
-    """Per-union lookups of the union path (all tensors on the compute device), built once per call.
+    """Per-union lookups of the union path, built once per call (NumPy arrays).
 
-    The union columns are sorted by the int64 key ``(float32 bits of the distance) << 32 | tie_rank[column]``:
-    ``tie_rank`` is a permutation of 0..U-1 that orders, in every trial, entries of different identities as the trial
-    lists them (see :func:`_tie_ranks`), so the restriction of the sorted union to a trial is that trial's stable order
-    up to swaps of equally distant entries of one identity -- which change no metric.
+    Each query row of the union is sorted by the int64 key ``row << (32 + rank_bits) | key32(distance) << rank_bits |
+    tie_rank[column]``, where key32 maps float32 values to uint32 in the same order (the bits, sign handled), and
+    ``tie_rank`` is a permutation of 0..U-1 that orders, in every trial, entries of
+    different identities as the trial lists them (see :func:`_tie_ranks`), so the restriction of the sorted union to a
+    trial is that trial's stable order up to swaps of equally distant entries of one identity -- which change no
+    metric. The row number in the top bits makes a block of sorted rows one sorted flat array (one searchsorted).
     """
 
-    tie_rank: torch.Tensor  # [U] int64 tie rank of each union column
-    col_of_rank: torch.Tensor  # [U] int64 inverse permutation
-    packed: torch.Tensor  # [L, U] int64, indexed by tie rank: trial memberships, ``width`` bits per trial
+    tie_rank: np.ndarray  # [U] tie rank of each union column
+    col_of_rank: np.ndarray  # [U] the inverse permutation
+    rank_bits: int
+    packed: np.ndarray  # [L, U] uint64 by tie rank: memberships, ``width`` bits per trial, ``per_lane`` trials a lane
     width: int
     per_lane: int
-    member: torch.Tensor  # [U, T] bool, by column: is the column in trial t's gallery
-    g_idx: torch.Tensor  # [U] int64 identity index of each column
-    id_cols: torch.Tensor  # [n_ids, M] union columns of each identity, padded with U
+    member: np.ndarray  # [U, T] bool by column: is the column in trial t's gallery
+    g_idx: np.ndarray  # [U] identity index of each column
+    id_cols: np.ndarray  # [n_ids, M] union columns of each identity, padded with U
     n_ids: int
-    g_key: torch.Tensor | None  # [U] removal keys, or None when nothing can be removed
+    g_key: np.ndarray | None  # [U] removal keys, or None when nothing can be removed
 
 
 def _tie_ranks(trial_columns: Sequence[np.ndarray], g_idx: np.ndarray) -> np.ndarray | None:
@@ -578,8 +586,7 @@ def _tie_ranks(trial_columns: Sequence[np.ndarray], g_idx: np.ndarray) -> np.nda
     primary = np.full(U, np.iinfo(np.int64).max, dtype=np.int64)
     for cols, run in zip(reversed(trial_columns), reversed(runs)):  # the first trial holding a column wins
         primary[cols] = run
-    cands = [np.lexsort((np.arange(U), primary)), np.arange(U)]
-    for order in cands:
+    for order in (np.lexsort((np.arange(U), primary)), np.arange(U)):
         rank = np.empty(U, dtype=np.int64)
         rank[order] = np.arange(U)
         ok = True
@@ -595,7 +602,7 @@ def _tie_ranks(trial_columns: Sequence[np.ndarray], g_idx: np.ndarray) -> np.nda
 
 
 def _union_tables(trial_columns: Sequence[np.ndarray], tie_rank: np.ndarray, g_pids: np.ndarray,
-                  g_keys: np.ndarray | None, q_keys: np.ndarray | None, device: torch.device) -> _UnionTables:
+                  g_keys: np.ndarray | None, q_keys: np.ndarray | None) -> _UnionTables:
     U, T = tie_rank.shape[0], len(trial_columns)
     member = np.zeros((U, T), dtype=bool)
     for t, cols in enumerate(trial_columns):
@@ -603,103 +610,113 @@ def _union_tables(trial_columns: Sequence[np.ndarray], tie_rank: np.ndarray, g_p
     # a trial's count of members before a position is at most its gallery size: ``width`` bits hold it
     width = max(int(max(c.size for c in trial_columns)).bit_length(), 1)
     per_lane = max(63 // width, 1)
-    lanes = -(-T // per_lane)
-    packed = np.zeros((lanes, U), dtype=np.int64)
+    packed = np.zeros((-(-T // per_lane), U), dtype=np.uint64)
     col_of_rank = np.argsort(tie_rank)
     for t in range(T):
-        packed[t // per_lane] |= member[col_of_rank, t].astype(np.int64) << (width * (t % per_lane))
-    prep, _ = _prepare(g_pids, g_keys, q_keys, device)
+        packed[t // per_lane] |= member[col_of_rank, t].astype(np.uint64) << np.uint64(width * (t % per_lane))
+    prep, _ = _prepare(g_pids, g_keys, q_keys, torch.device("cpu"))
     return _UnionTables(
-        tie_rank=torch.from_numpy(tie_rank).to(device), col_of_rank=torch.from_numpy(col_of_rank).to(device),
-        packed=torch.from_numpy(packed).to(device), width=width, per_lane=per_lane,
-        member=torch.from_numpy(member).to(device), g_idx=prep.g_idx, id_cols=prep.id_cols, n_ids=prep.n_ids,
-        g_key=prep.g_key,
+        tie_rank=tie_rank, col_of_rank=col_of_rank, rank_bits=max(int(U - 1).bit_length(), 1), packed=packed,
+        width=width, per_lane=per_lane, member=member, g_idx=prep.g_idx.numpy(), id_cols=prep.id_cols.numpy(),
+        n_ids=prep.n_ids, g_key=None if prep.g_key is None else prep.g_key.numpy(),
     )
 
 
-def _rows_union(d: torch.Tensor, removed: torch.Tensor | None, q_idx: torch.Tensor, tab: _UnionTables,
-                need_identity: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rows_union(d: np.ndarray, removed: np.ndarray | None, q_idx: np.ndarray, tab: _UnionTables,
+                need_identity: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """First-match rank, identity rank, AP, INP of a block of query rows in every trial at once: [c, T] each.
 
-    One sort of the union row (int64 keys ``distance bits << 32 | tie rank``, see :class:`_UnionTables`) replaces one
-    sort per trial. A match's rank in trial t is the number of trial-t members before it in the sorted union (removed
-    entries sort last): a running sum along the sorted row of the members' packed trial counters (``width`` bits per
-    trial, several trials per int64), read at the matches' positions. The identity rank counts the distinct other
-    identities among trial-t members before the trial's first match. ``d`` is not modified.
+    One sort of the union row (int64 keys, see :class:`_UnionTables`) replaces one sort per trial. A match's rank in
+    trial t is the number of trial-t members before it in the sorted union (removed entries sort last): a running sum
+    along the sorted row of the members' packed trial counters (``width`` bits per trial, several trials per int64),
+    read at the matches' positions. Only the prefix of the row up to its last kept match is sorted. The identity
+    rank counts the distinct other identities among the trial-t members before the trial's first match. NumPy only
+    (no intra-op threads, whose spinning costs a lot on a loaded machine): blocks run in parallel threads.
     """
     c, U = d.shape
-    dev = d.device
     T = tab.member.shape[1]
-    bits = (d + 0.0).view(torch.int32)  # a copy; -0.0 becomes +0.0 (ties with 0.0, as in a stable sort)
-    if removed is not None:
-        bits.masked_fill_(removed, _INF_BITS)
-    keys = bits.to(torch.int64).bitwise_left_shift_(32).bitwise_or_(tab.tie_rank)
+    rb = tab.rank_bits
+    bits = (d + np.float32(0.0)).view(np.int32)  # a copy; -0.0 becomes +0.0 (ties with 0.0, as in a stable sort)
+    keys = bits.astype(np.int64)
     del bits
+    # float32 order as integers: non-negative values keep their bits, negative ones count down from -1
+    np.bitwise_xor(keys, 0x7FFFFFFF, out=keys, where=keys < 0)
+    keys += 1 << 31
+    if removed is not None:
+        keys[removed] = _INF_KEY
+    row_base = np.arange(c, dtype=np.int64)[:, None] << (32 + rb)
+    keys <<= rb
+    keys |= tab.tie_rank
+    keys |= row_base
     # the query identity's union columns, ordered by key = by position in the sorted union row
-    has_id = q_idx >= 0
-    cols = tab.id_cols[q_idx.clamp_min(0)]
-    col_ok = (cols < U) & has_id[:, None]
-    cols = cols.clamp_max(U - 1)
-    mkey = keys.gather(1, cols).masked_fill_(~col_ok, torch.iinfo(torch.int64).max)
-    mkey, perm = torch.sort(mkey, dim=1)
-    mcols = cols.gather(1, perm)
-    kept = (mkey >> 32) < _INF_BITS  # neither removed nor padding
-    _sort_rows(keys, inplace=True)
-    pos = torch.searchsorted(keys, mkey)  # [c, K] position of each match in the sorted union row (keys are unique)
-    low = keys.bitwise_and_(_LOW32)  # tie rank at each sorted position
+    cols = tab.id_cols[np.maximum(q_idx, 0)]
+    col_ok = (cols < U) & (q_idx >= 0)[:, None]
+    cols = np.minimum(cols, U - 1)
+    mkey = np.where(col_ok, np.take_along_axis(keys, cols, 1), row_base | (_PAD_KEY << rb))
+    order = np.argsort(mkey, axis=1)
+    mkey = np.take_along_axis(mkey, order, 1)
+    mcols = np.take_along_axis(cols, order, 1)
+    kept = ((mkey >> rb) & _PAD_KEY) < _INF_KEY  # neither removed nor padding
+    # entries after a row's last kept match never count: only the prefix up to it is sorted (about half the row
+    # when the model is any good). The prefixes of the block are packed into one flat array, row after row.
+    last_key = np.where(kept, mkey, -1).max(1, initial=-1)
+    sel = keys <= np.maximum(last_key, row_base[:, 0] - 1)[:, None]
+    lens = sel.sum(1)
+    starts = np.cumsum(lens) - lens
+    flat = keys[sel]
+    del keys, sel
+    for a, b in zip(starts.tolist(), (starts + lens).tolist()):
+        flat[a:b].sort()
     K = mkey.shape[1]
-    before = torch.empty((c, K, T), dtype=torch.int64, device=dev)
-    prev = (pos - 1).clamp_min(0)
-    at0 = pos == 0
-    mask = (1 << tab.width) - 1
-    for lane in range(tab.packed.shape[0]):
-        # running sum of the packed member counters along the sorted row: members up to each position
-        if dev.type == "cpu":  # NumPy's take/cumsum are ~3x faster than torch's indexing here
-            run = torch.from_numpy(np.take(tab.packed[lane].numpy(), low.numpy()))
-            np.cumsum(run.numpy(), axis=1, out=run.numpy())
-        else:
-            run = tab.packed[lane][low].cumsum_(1)
-        cnt = run.gather(1, prev).masked_fill_(at0, 0)
-        del run
-        t0, t1 = lane * tab.per_lane, min(T, (lane + 1) * tab.per_lane)
-        shifts = torch.arange(t1 - t0, device=dev, dtype=torch.int64) * tab.width
-        before[:, :, t0:t1] = (cnt[:, :, None] >> shifts) & mask
+    before = np.zeros((c, K, T), dtype=np.int64)
+    gpos = np.minimum(np.searchsorted(flat, mkey), max(flat.size - 1, 0))  # flat position of each kept match
+    pos = gpos - starts[:, None]  # its position in the sorted row
+    low = np.bitwise_and(flat, (1 << rb) - 1, out=flat)  # tie rank at each sorted position
+    if flat.size:
+        mask = np.uint64((1 << tab.width) - 1)
+        for lane in range(tab.packed.shape[0]):
+            # packed member counters along the sorted rows, summed: members up to each position, every trial of
+            # the lane at once. The sum runs across rows (unsigned, wrapping); a row's own counts are the
+            # difference to the sum before its start, exact because they fit.
+            run = np.take(tab.packed[lane], low)
+            np.cumsum(run, out=run)
+            row0 = np.where(starts > 0, run[np.maximum(starts - 1, 0)], np.uint64(0))
+            cnt = np.where(pos > 0, run[np.maximum(gpos - 1, 0)] - row0[:, None], np.uint64(0))
+            del run
+            t0, t1 = lane * tab.per_lane, min(T, (lane + 1) * tab.per_lane)
+            shifts = np.arange(t1 - t0, dtype=np.uint64) * np.uint64(tab.width)
+            before[:, :, t0:t1] = ((cnt[:, :, None] >> shifts) & mask).astype(np.int64)
     member = tab.member[mcols] & kept[:, :, None]  # [c, K, T]
     n = member.sum(1)
     valid = n > 0
-    nf = n.to(torch.float64)
-    j = member.cumsum(1).to(torch.float64)  # matches up to and including this one
-    ap = torch.where(member, j / (before + 1).to(torch.float64), 0.0).sum(1) / nf.clamp_min(1)
-    big = torch.iinfo(torch.int64).max
-    first = torch.where(member, before, big).amin(1)
-    last = torch.where(member, before, -1).amax(1)
-    inp = nf / (last + 1).clamp_min(1).to(torch.float64)
+    j = np.cumsum(member, axis=1)  # matches up to and including this one
+    ap = np.where(member, j / (before + 1), 0.0).sum(1) / np.maximum(n, 1)
+    first = np.where(member, before, np.iinfo(np.int64).max).min(1)
+    last = np.where(member, before, -1).max(1)
+    inp = n / np.maximum(last + 1, 1)
     id_rank = first
     if need_identity:
-        id_rank = torch.zeros((c, T), dtype=torch.int64, device=dev)
+        id_rank = np.zeros((c, T), dtype=np.int64)
         need = valid & (first > 0)  # found at rank 0: identity rank 0
-        rows_all = need.any(1).nonzero()[:, 0]
+        rows_all = np.flatnonzero(need.any(1))
         step = max(1, (1 << 24) // (T * tab.n_ids))
-        for a in range(0, rows_all.numel(), step):
+        for a in range(0, rows_all.size, step):
             rows = rows_all[a:a + step]
-            R = rows.numel()
+            R = rows.size
             # sorted-union position of each trial's first match; the members of other identities before it count
-            fpos = torch.where(member[rows], pos[rows][:, :, None], U).amin(1)
-            fpos = torch.where(need[rows], fpos, 0)
-            span = fpos.amax(1)
-            r = torch.repeat_interleave(torch.arange(R, device=dev), span)
-            k = torch.arange(r.numel(), device=dev) - torch.repeat_interleave(span.cumsum(0) - span, span)
-            col = tab.col_of_rank[low.view(-1)[rows[r] * U + k]]
+            fpos = np.where(need[rows], np.where(member[rows], pos[rows][:, :, None], U).min(1), 0)
+            span = fpos.max(1)
+            r = np.repeat(np.arange(R), span)
+            k = np.arange(r.size) - np.repeat(np.cumsum(span) - span, span)
+            col = tab.col_of_rank[low[starts[rows[r]] + k]]
             pid = tab.g_idx[col]
             inc = tab.member[col] & (k[:, None] < fpos[r]) & (pid != q_idx[rows[r]])[:, None]
-            pr, pt = inc.nonzero(as_tuple=True)
-            seen = torch.zeros(R * T * tab.n_ids, dtype=torch.bool, device=dev)
+            pr, pt = np.nonzero(inc)
+            seen = np.zeros(R * T * tab.n_ids, dtype=bool)
             seen[(r[pr] * T + pt) * tab.n_ids + pid[pr]] = True  # (row, trial, identity) seen before the match
-            id_rank[rows] = seen.view(R, T, tab.n_ids).sum(2)
-    nan = float("nan")
-    return (torch.where(valid, first, -1), torch.where(valid, id_rank, -1),
-            torch.where(valid, ap, nan), torch.where(valid, inp, nan))
+            id_rank[rows] = seen.reshape(R, T, tab.n_ids).sum(2)
+    return (np.where(valid, first, -1), np.where(valid, id_rank, -1), np.where(valid, ap, np.nan),
+            np.where(valid, inp, np.nan))
 
 
 def evaluate_trials(
@@ -733,9 +750,11 @@ def evaluate_trials(
         query_remove_keys, gallery_remove_keys: [Q], [U] removal keys as in :func:`evaluate_ranking`.
         cmc, invalid_query_quirk, max_rank, memory_budget_mb: as in :func:`evaluate_ranking`.
         method: "union" sorts each query's union row once and reads every trial's ranks from it (the trials overlap,
-            as SYSU-MM01's multi-shot galleries do); "per-trial" evaluates column selections one by one; "auto" picks
-            by an operation count. "union" falls back to "per-trial" when a trial lists a column twice or no single
-            tie order agrees with every trial's gallery order (see :func:`_tie_ranks`), or for float64 distances.
+            as SYSU-MM01's multi-shot galleries do; NumPy on the CPU, whatever the device of ``distances``);
+            "per-trial" evaluates column selections one by one with :func:`evaluate_ranking`; "auto" picks the union
+            path on the CPU when a cost model says it is cheaper. "union" falls back to "per-trial" when a trial lists
+            a column twice, no single tie order agrees with every trial's gallery order (see :func:`_tie_ranks`),
+            or the distances are float64 (no room in the sort key).
         assume_finite: the caller guarantees finite distances >= 0 (e.g. from :func:`feature_distance_fn`): skip
             the check.
         progress: a progress bar over query chunks (union) or trials (per-trial).
@@ -777,12 +796,15 @@ def evaluate_trials(
     dev = dmat.device
 
     tie_rank = None
-    if method != "per-trial" and len(trials) > 1 and dmat.dtype == torch.float32 and U < 2**31:
-        # operation count: one int64 sort of U plus a gather/running sum per lane, against a float32 sort of each
-        # gallery (measured: the int64 sort of a row costs about twice the float32 sort of the same row)
+    if method != "per-trial" and len(trials) > 1 and dmat.dtype == torch.float32 and U < 2**26:
+        # cost model from CPU timings (benchmarks/bench_eval.py shapes): the union path costs about U * (1 + L / 4)
+        # "per-trial elements" (one int64 sort of the row prefix up to its last match, then a gather and a running
+        # sum per lane of packed counters), the per-trial path the sum of the gallery sizes. SYSU-MM01 multi-shot:
+        # 6,014 * 1.5 against 30,100 (union); single-shot: 2,395 * 1.5 against 3,010 (per-trial). On a GPU the
+        # per-trial sorts are cheap and stay on the device; the union path is NumPy.
         width = max(int(max(c.size for c in trials)).bit_length(), 1)
         lanes = -(-len(trials) // max(63 // width, 1))
-        cheaper = U * (2.0 + 0.5 * lanes) < sum(c.size for c in trials)
+        cheaper = U * (1.0 + 0.25 * lanes) < sum(c.size for c in trials) and dev.type == "cpu"
         if method == "union" or cheaper:
             tie_rank = _tie_ranks(trials, np.unique(g_pids, return_inverse=True)[1].reshape(-1))
     if tie_rank is None:
@@ -790,30 +812,35 @@ def evaluate_trials(
                           invalid_query_quirk=invalid_query_quirk, max_rank=max_rank,
                           memory_budget_mb=memory_budget_mb, assume_finite=assume_finite, progress=progress)
 
-    tab = _union_tables(trials, tie_rank, g_pids, g_keys, q_keys, dev)
+    tab = _union_tables(trials, tie_rank, g_pids, g_keys, q_keys)
+    d_np = dmat.cpu().numpy()
     uniq = np.unique(g_pids)
     pos_in = np.clip(np.searchsorted(uniq, q_pids), 0, len(uniq) - 1)
     q_idx_all = np.where(uniq[pos_in] == q_pids, pos_in, -1).astype(np.int64)
-    q_key_t = torch.from_numpy(q_keys).to(dev) if tab.g_key is not None else None
     T = len(trials)
     M = tab.id_cols.shape[1]
     bytes_per_row = U * 30 + M * T * 40 + 64
-    chunk = max(1, min(Q, int(memory_budget_mb * 2**20 // bytes_per_row)))
-    if dev.type == "cpu":  # blocks of ~8 MB of keys stay in cache through the passes over them (measured faster)
-        chunk = min(chunk, max(16, 2**23 // (8 * U)))
+    # blocks of ~8 MB of keys stay in cache through the passes over them (measured faster than bigger blocks)
+    chunk = max(1, min(Q, int(memory_budget_mb * 2**20 // bytes_per_row), 2**23 // (8 * U), 1 << (31 - tab.rank_bits)))
     out = [np.empty((Q, T), np.int64), np.empty((Q, T), np.int64), np.empty((Q, T)), np.empty((Q, T))]
-    starts = range(0, Q, chunk)
-    if progress:
-        from tqdm import tqdm
 
-        starts = tqdm(starts, desc="query chunks", unit="chunk", leave=False, disable=None)
-    for a in starts:
+    def block(a: int) -> None:
         b = min(Q, a + chunk)
-        removed = None if q_key_t is None else (q_key_t[a:b, None] == tab.g_key[None, :])
-        q_idx = torch.from_numpy(q_idx_all[a:b]).to(dev)
-        res = _rows_union(dmat[a:b], removed, q_idx, tab, need_identity=(cmc == "identity"))
+        removed = None if tab.g_key is None else (q_keys[a:b, None] == tab.g_key[None, :])  # type: ignore[index]
+        res = _rows_union(d_np[a:b], removed, q_idx_all[a:b], tab, need_identity=(cmc == "identity"))
         for dst, src in zip(out, res):
-            dst[a:b] = src.cpu().numpy()
+            dst[a:b] = src
+
+    starts = range(0, Q, chunk)
+    workers = max(1, min(torch.get_num_threads(), len(starts)))
+    with ThreadPoolExecutor(workers) as pool:  # NumPy releases the GIL: blocks run in parallel
+        done: Any = pool.map(block, starts)
+        if progress:
+            from tqdm import tqdm
+
+            done = tqdm(done, total=len(starts), desc="query blocks", unit="block", leave=False, disable=None)
+        for _ in done:
+            pass
     first, id_rank, ap, inp = out
     rank = id_rank if cmc == "identity" else first
     return [_result(rank[:, t].copy(), ap[:, t].copy(), inp[:, t].copy(), cmc=cmc,
