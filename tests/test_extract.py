@@ -245,3 +245,28 @@ def test_bad_inputs(tiny, subset, tmp_path, capsys):
                                     "--out", out], capsys)[::2])
     assert "--device tpu:9" in line
     assert not out.exists()
+
+
+def test_agw_format_checkpoint_extracts_like_the_vireid_one(tiny, subset, tmp_path, capsys):
+    """`--checkpoint-format agw`: the tiny run's weights saved in AGW's key layout give the same features file as
+    the vireid checkpoint they came from (same size and flip given on the command line)."""
+    import torch
+    from test_convert import their_agw_state
+
+    ckpt, _ = tiny
+    model, cfg, _ = load_trained_model(ckpt)
+    agw = tmp_path / "sysu_agw_best.t"
+    torch.save({"net": their_agw_state(model.state_dict()), "epoch": 1}, agw)
+    root, _ = subset
+    outs = {}
+    for name, extra in (("vireid", [ckpt]), ("agw", [agw, "--checkpoint-format", "agw", "--size", cfg.data.height,
+                                                     cfg.data.width, "--flip", "on" if cfg.eval.flip else "off"])):
+        outs[name] = tmp_path / f"{name}.npz"
+        code, _, err = run_cli(["extract", *extra, "--images", root, "--modality", "auto", "--out", outs[name],
+                                "--device", "cpu"], capsys)
+        assert code == 0, err
+    a, b = np.load(outs["vireid"]), np.load(outs["agw"])
+    assert list(a["paths"]) == list(b["paths"]) and np.array_equal(a["modalities"], b["modalities"])
+    np.testing.assert_allclose(a["features"], b["features"], atol=1e-6)
+    code, _, err = run_cli(["extract", agw, "--images", root, "--modality", "rgb", "--out", tmp_path / "x.npz"], capsys)
+    assert code == 2 and "not a vireid checkpoint" in err and "--checkpoint-format agw" in err

@@ -280,6 +280,34 @@ def load_trained_model(path: str | Path, *, expect_trial: int | None = None, str
     return model.to(device).eval(), cfg, ckpt
 
 
+FOREIGN_DEFAULTS = {"agw": ((288, 144), False), "fastreid": ((384, 128), True)}
+"""Input size and flip-averaging of checkpoints from the original repositories (AGW/CAJ test at 288x144; AML's
+fast-reid at 384x128 with flip-averaged features). CAJ tests with flip: pass ``flip=True`` for CAJ checkpoints."""
+
+
+def load_any_checkpoint(path: str | Path, checkpoint_format: str = "vireid", *, size: tuple[int, int] | None = None,
+                        flip: bool | None = None, device: str = "cpu") -> tuple[torch.nn.Module, Config]:
+    """A model and the config of its test-time settings from a vireid checkpoint or, with ``checkpoint_format``
+    ``"agw"`` (AGW/CAJ ``{'net': ...}``) or ``"fastreid"`` (AML model1), an original-repository checkpoint mapped by
+    :func:`vireid.models.convert.load_foreign_checkpoint` (its config: ``size`` (H, W), ``flip``, BNNeck feature)."""
+    if checkpoint_format == "vireid":
+        model, cfg, _ = load_trained_model(path, device=device)
+    elif checkpoint_format in FOREIGN_DEFAULTS:
+        from vireid.models.convert import load_foreign_checkpoint
+
+        model = load_foreign_checkpoint(path, checkpoint_format).to(device).eval()  # type: ignore[arg-type]
+        cfg = Config()
+        (cfg.data.height, cfg.data.width), cfg.eval.flip = FOREIGN_DEFAULTS[checkpoint_format]
+        cfg.eval.feature = "bn"
+    else:
+        raise ConfigError(f"checkpoint format {checkpoint_format!r} is not known; expected vireid, agw or fastreid")
+    if size is not None:
+        cfg.data.height, cfg.data.width = int(size[0]), int(size[1])
+    if flip is not None:
+        cfg.eval.flip = bool(flip)
+    return model, cfg
+
+
 def test_checkpoint(path: str | Path, *, out_dir: str | Path | None = None, protocol: str | None = None,
                     mode: str | None = None, direction: str | None = None, trials: int | None = None,
                     dataset_root: str | Path | None = None, trial: int | None = None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from vireid.cli._checkpoint import add_checkpoint_options
+
 NAME = "extract"
 HELP = "Embed a folder or list of images with a checkpoint into a features file (.npz)."
 
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: mean channel spread below which an image is infrared (default: 4.0)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's eval.batch_size")
     parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default: 2)")
+    add_checkpoint_options(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
 
 
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vireid.inference.embed import Embedder
+    from vireid.cli._checkpoint import checkpoint_options
     from vireid.inference.images import DEFAULT_IR_THRESHOLD, collect_images, parse_modality
 
     from vireid.errors import ConfigError
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if args.ir_threshold is not None and modality != "auto":
         raise ConfigError(f"--ir-threshold applies to --modality auto only (got --modality {modality})")
     images = collect_images(args.images, args.root)
-    embedder = Embedder.load(args.checkpoint, device=args.device, batch_size=args.batch_size, workers=args.workers)
+    embedder = Embedder.load(args.checkpoint, device=args.device, batch_size=args.batch_size, workers=args.workers,
+                               **checkpoint_options(args))
     threshold = DEFAULT_IR_THRESHOLD if args.ir_threshold is None else args.ir_threshold
     result = embedder.embed(images, modality, ir_threshold=threshold)
     out = result.save(args.out)

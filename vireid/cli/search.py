@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from vireid.cli._checkpoint import add_checkpoint_options
+
 NAME = "search"
 HELP = "Search an RGB gallery with IR probe images (by default): ranked table, JSON, picture."
 
@@ -51,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--picture-probes", type=int, default=16, metavar="N",
                         help="probes drawn in ranked.png (default: 16)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's eval.batch_size")
+    add_checkpoint_options(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
 
 
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vireid.errors import ConfigError
     from vireid.inference.embed import Embedder
+    from vireid.cli._checkpoint import checkpoint_options
     from vireid.inference.gallery import load_gallery
     from vireid.inference.images import DEFAULT_IR_THRESHOLD, image_files, parse_modality
     from vireid.inference.search import search
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--ir-threshold applies to --probe-modality auto or --gallery-modality auto only")
     threshold = DEFAULT_IR_THRESHOLD if args.ir_threshold is None else args.ir_threshold
     probes = image_files(args.probe)
-    embedder = Embedder.load(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    embedder = Embedder.load(args.checkpoint, device=args.device, batch_size=args.batch_size,
+                               **checkpoint_options(args))
     emb = embedder.embed(probes, probe_mod, ir_threshold=threshold)  # first: a bad probe fails before the gallery
     gallery = load_gallery(args.gallery, embedder, modality=gallery_mod, root=args.gallery_root,
                            ir_threshold=threshold)

@@ -203,8 +203,13 @@ def load_checkpoint(
             what = f"a bare state dict with {len(ckpt)} tensors"
         else:
             what = f"a {type(ckpt).__name__} without the vireid checkpoint header"
-        raise CheckpointError(f"{path}: not a vireid checkpoint ({what}); to start from external weights use the "
-                              "model's `pretrained` option instead")
+        hint = ""
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("net"), dict):
+            hint = "it looks like an AGW/CAJ checkpoint: load it with --checkpoint-format agw; "
+        elif isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+            hint = "it looks like a fast-reid (AML) checkpoint: load it with --checkpoint-format fastreid; "
+        raise CheckpointError(f"{path}: not a vireid checkpoint ({what}); {hint}to start training from external "
+                              "weights use the model's `pretrained` option instead")
     version = ckpt.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r} is newer than this vireid "

@@ -105,13 +105,17 @@ class Embedder:
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str = "auto", batch_size: int | None = None,
-             workers: int = 2) -> "Embedder":
+             workers: int = 2, checkpoint_format: str = "vireid", size: tuple[int, int] | None = None,
+             flip: bool | None = None) -> "Embedder":
         """Load ``checkpoint`` (one-line :class:`~vireid.errors.CheckpointError` when it is not a vireid checkpoint
-        or does not fit the architecture its config describes) onto ``device`` (``auto``: cuda when available)."""
-        from vireid.training import load_trained_model
+        or does not fit the architecture its config describes) onto ``device`` (``auto``: cuda when available).
+
+        ``checkpoint_format="agw"|"fastreid"`` loads an original-repository checkpoint instead
+        (:func:`vireid.training.load_any_checkpoint`); ``size`` and ``flip`` override the test-time settings."""
+        from vireid.training import load_any_checkpoint
 
         dev = resolve_device(device)
-        model, cfg, _ = load_trained_model(checkpoint, device=str(dev))
+        model, cfg = load_any_checkpoint(checkpoint, checkpoint_format, size=size, flip=flip, device=str(dev))
         return cls(model, cfg, Path(checkpoint), dev, batch_size, workers)
 
     # ----------------------------------------------------------------------------------------------------------------

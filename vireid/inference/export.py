@@ -363,20 +363,11 @@ def export_checkpoint(
     """
     require_onnx()  # fail before loading anything
     path = Path(checkpoint)
-    if checkpoint_format == "vireid":
-        from vireid.training import load_trained_model
+    from vireid.training import load_any_checkpoint
 
-        model, cfg, _ = load_trained_model(path, device="cpu")
-        height, width = size or (cfg.data.height, cfg.data.width)
-        feature = feature or cfg.eval.feature
-    elif checkpoint_format in ("agw", "fastreid"):
-        from vireid.models.convert import load_foreign_checkpoint
-
-        model = load_foreign_checkpoint(path, checkpoint_format)  # type: ignore[arg-type]
-        height, width = size or ((288, 144) if checkpoint_format == "agw" else (384, 128))
-        feature = feature or "bn"
-    else:
-        raise ExportError(f"checkpoint format {checkpoint_format!r} is not known; expected vireid, agw or fastreid")
+    model, cfg = load_any_checkpoint(path, checkpoint_format, size=size)
+    height, width = cfg.data.height, cfg.data.width
+    feature = feature or cfg.eval.feature
     if out is None:
         out = path.parent / "onnx"
         if graph == "modality-input":

@@ -1,0 +1,22 @@
+"""Command-line options shared by the commands that load a checkpoint of any format (extract, search)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint-format", choices=("vireid", "agw", "fastreid"), default="vireid",
+                        help="vireid (default), agw (AGW/CAJ {'net': ...}) or fastreid (AML model1); "
+                             "see docs/checkpoints.md")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="input size (default: the checkpoint's config; agw 288 144, fastreid 384 128)")
+    parser.add_argument("--flip", choices=("on", "off"), default=None,
+                        help="flip-averaged features (default: the checkpoint's config; agw off, fastreid on)")
+
+
+def checkpoint_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :meth:`vireid.inference.embed.Embedder.load` keyword arguments of those options."""
+    return {"checkpoint_format": args.checkpoint_format, "size": tuple(args.size) if args.size else None,
+            "flip": None if args.flip is None else args.flip == "on"}
