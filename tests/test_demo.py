@@ -69,6 +69,10 @@ def test_demo_writes_a_sane_report_and_reuses_its_dataset(tmp_path):
     # the ranked list: up to 6 probe rows with 8 matches each, so wider than tall
     assert sizes["ranked_list.png"][0] > sizes["ranked_list.png"][1] / 2
     assert (out / "run" / "best.pt").is_file() or (out / "run" / "last.pt").is_file()
+    # the self-contained HTML page of the same run: every figure embedded, the trained Rank-1 in its table
+    page = (report / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page and page.count("data:image/png;base64,") >= 3
+    assert f"{res['trained']['rank1']:.2f}" in page
     # the run's own log: two epochs of training
     rows = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines() if line.strip()]
     assert {r["epoch"] for r in rows if r["kind"] == "train"} == {0, 1}

@@ -111,10 +111,14 @@ def run_demo(out: str | Path = "vireid-demo", *, ids: int = DEMO_IDS, epochs: in
     feats = np.load(run_dir / "test_features.npz")["features"]
     _ranked_list(report / "ranked_list.png", ds.root, ds.test, plan, feats)
     _training_curves(report / "training.png", run_dir / "log.jsonl")
+    from vireid.inference.report_html import build_report
+
+    page = build_report(out)  # report/report.html: everything above on one self-contained page
     say(format_table(trained))
     say(f"untrained Rank-1 {untrained['rank1']:.2f}% -> trained {trained['rank1']:.2f}% "
         f"(chance {chance:.2f}%); mAP {untrained['mAP']:.2f}% -> {trained['mAP']:.2f}%")
-    say(f"report: {report}/ (results.json, cmc.png, ranked_list.png, training.png) in {result['seconds']:.0f} s")
+    say(f"report: {page} (open it in a browser); figures and results.json in {report}/; "
+        f"{result['seconds']:.0f} s")
     return result
 
 
