@@ -130,6 +130,24 @@ def evaluate_samples(model: torch.nn.Module, root: Path, samples: Sequence[Sampl
     return evaluate_protocol(feats, plan, device=str(device)).summary(), feats
 
 
+def make_validator(root: Path, val: Sequence[Sample], cfg: Config, device: torch.device, *, main: bool,
+                   progress: bool) -> Any:
+    """The trainer's ``validate(model) -> {rank1, mAP, mINP}`` on held-out samples (IR -> RGB), or None without any.
+
+    Every rank gets the same answer (a function or None); only rank 0 builds the cache, since only it validates.
+    """
+    if not val:
+        return None
+    cache = open_cache(root, val, cfg, progress) if main else None
+    plan = validation_plan(val)
+
+    def validate(m: torch.nn.Module) -> dict[str, float]:
+        summary, _ = evaluate_samples(m, root, val, plan, cfg, device, cache=cache)
+        return {k: summary[k] for k in ("rank1", "mAP", "mINP")}
+
+    return validate
+
+
 def test_plan(cfg: Config, ds: CrossModalDataset) -> ProtocolPlan:
     pool = pool_from_samples(ds.test, f"{ds.name} test set")
     name = build.protocol_name(cfg.data, cfg.eval)
@@ -207,14 +225,7 @@ def _train_one(cfg: Config, *, resume: bool, progress: bool) -> dict[str, Any]:
 
     # every rank passes the same validate (or None): the trainer calls it on rank 0 and the others wait at a
     # barrier, so a rank without it would skip that barrier and deadlock the next collective
-    validate = None
-    if val_samples:
-        val_cache = open_cache(ds.root, val_samples, cfg, show) if main else None
-        plan = validation_plan(val_samples)
-
-        def validate(m: torch.nn.Module) -> dict[str, float]:
-            summary, _ = evaluate_samples(m, ds.root, val_samples, plan, cfg, device, cache=val_cache)
-            return {k: summary[k] for k in ("rank1", "mAP", "mINP")}
+    validate = make_validator(ds.root, val_samples, cfg, device, main=main, progress=show)
 
     meta = make_meta(config_yaml=dump_yaml(cfg), dataset=cfg.data.dataset,
                      trial=cfg.data.trial if cfg.data.dataset == "regdb" else None, method=cfg.method.name,

@@ -40,7 +40,7 @@ from vireid.config import Config, PhaseConfig, dump_yaml
 from vireid.data.cache import ImageCache, batch_to_tensor
 from vireid.data.records import Sample
 from vireid.errors import ConfigError, DataError
-from vireid.training import evaluate_samples, open_cache, split_train_val, test_checkpoint, test_plan, validation_plan
+from vireid.training import evaluate_samples, make_validator, open_cache, split_train_val, test_checkpoint, test_plan
 
 # --------------------------------------------------------------------------------------------------------------------
 # samplers: the trainer draws (rgb_idx, ir_idx) per step
@@ -346,8 +346,7 @@ def train_aml(cfg: Config, *, resume: bool = False, progress: bool = True) -> di
 
     ds = build.dataset_from_config(cfg.data)
     pool, val = _target_pool(cfg, ds)
-    if cfg.data.dataset == "sysu_mm02" or ds.info.get("labeled", True) is False:
-        pass  # the pid column is kept only for diagnostics
+    # identities (where the pool has them: SYSU-MM02's pid column, synthetic data) only for the diagnostics
     truth = np.array([s.pid for s in pool], dtype=np.int64) if cfg.aml.diagnostics_truth else None
     if truth is not None and (truth < 0).all():
         truth = None
@@ -439,13 +438,7 @@ def _run_phase(cfg: Config, phase: PhaseConfig, phase_dir: Path, ds, pool: list[
         fetch = PoolFetch(cache, mods, cams)
         hook = Reclusterer(method, sampler, fetch, cache, mods, truth, phase, cfg, device, log=lambda row: None)
         steps_per_epoch = max(1, phase.recluster_every or math.ceil(len(pool) / (phase.num_ids * phase.num_instances)))
-        if val:
-            val_cache = open_cache(ds.root, val, cfg, progress) if main else None
-            plan = validation_plan(val)
-
-            def validate(m: torch.nn.Module) -> dict[str, float]:
-                summary, _ = evaluate_samples(m, ds.root, val, plan, cfg, device, cache=val_cache)
-                return {k: summary[k] for k in ("rank1", "mAP", "mINP")}
+        validate = make_validator(ds.root, val, cfg, device, main=main, progress=progress)
 
     if init is not None and not (resume and (phase_dir / "last.pt").is_file()):
         _init_from(method, init[0], phase, init[1])
