@@ -13,13 +13,16 @@ Each implementation runs in its own spawned process so its peak resident memory 
 Python + torch + the inputs) is its own. Both sides start from the features and include the distances in their
 seconds: the loop baseline, like the reference scripts, computes one float32 distance matrix per trial (queries x
 that trial's gallery, with the same ``pairwise_distance``) and runs the per-query loop on it; ours computes the
-queries x union-of-galleries distances once and indexes them per trial. The loop's metric-only seconds are printed
+queries x union-of-galleries distances once and evaluates every trial from them (``evaluate_trials``: for the
+multi-shot galleries, one sort of each query's union row serves all ten trials; ``--also-per-trial`` adds a row
+for the per-trial evaluation of the same distances). The loop's metric-only seconds are printed
 too ("loop-only"), so the share of the distance computation is visible. Numbers of both are compared
 (max |difference| in percentage points over Rank-1/5/10/20, mAP, mINP and every CMC point of every trial).
 Both sides get one small untimed warm-up run first. ``--repeat N`` keeps the fastest of N runs of each side.
 Writes rows to benchmarks/results/eval.csv.
 
-Run: ``python benchmarks/bench_eval.py [--cases sysu-single sysu-multi regdb market] [--dim 2048] [--repeat 3]``.
+Run: ``python benchmarks/bench_eval.py [--cases sysu-single sysu-multi regdb market] [--dim 2048] [--repeat 3]
+[--also-per-trial] [--also-sort]``.
 """
 
 from __future__ import annotations
@@ -161,7 +164,8 @@ def _child(case: str, impl: str, dim: int, method: str, threads: int, queue) -> 
     if kind == "plan":
         feats, plan = payload
         if impl == "ours":
-            out = [r.summary() for r in evaluate_protocol(feats, plan).per_trial]
+            trial_method = "per-trial" if method == "per-trial" else "auto"
+            out = [r.summary() for r in evaluate_protocol(feats, plan, trial_method=trial_method).per_trial]
         else:
             from vireid.evaluation.metrics import l2_normalize
 
@@ -230,6 +234,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads in both children (default: torch's)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side; the fastest is kept (shared machines)")
     ap.add_argument("--also-sort", action="store_true", help="market: also time method='sort' (full argsort)")
+    ap.add_argument("--also-per-trial", action="store_true",
+                    help="sysu cases: also time evaluate_protocol(trial_method='per-trial') (no union sort)")
     args = ap.parse_args()
     import torch
 
@@ -243,6 +249,8 @@ def main() -> None:
         for case in args.cases:
             ref = run_one(case, "loop", args.dim, repeat=args.repeat, threads=args.threads)
             impls = [("ours", "fast")] + ([("ours-sort", "sort")] if args.also_sort and case == "market" else [])
+            if args.also_per_trial and case.startswith("sysu"):
+                impls.append(("ours-per-trial", "per-trial"))
             for name, method in impls:
                 ours = run_one(case, "ours", args.dim, method, repeat=args.repeat, threads=args.threads)
                 diff = max_diff(ours["trials"], ref["trials"])
