@@ -609,7 +609,7 @@ def _union_tables(trial_columns: Sequence[np.ndarray], tie_rank: np.ndarray, g_p
         member[cols, t] = True
     # a trial's count of members before a position is at most its gallery size: ``width`` bits hold it
     width = max(int(max(c.size for c in trial_columns)).bit_length(), 1)
-    per_lane = max(63 // width, 1)
+    per_lane = max(64 // width, 1)  # unsigned lanes: the fields may fill all 64 bits
     packed = np.zeros((-(-T // per_lane), U), dtype=np.uint64)
     col_of_rank = np.argsort(tie_rank)
     for t in range(T):
@@ -803,7 +803,7 @@ def evaluate_trials(
         # 6,014 * 1.5 against 30,100 (union); single-shot: 2,395 * 1.5 against 3,010 (per-trial). On a GPU the
         # per-trial sorts are cheap and stay on the device; the union path is NumPy.
         width = max(int(max(c.size for c in trials)).bit_length(), 1)
-        lanes = -(-len(trials) // max(63 // width, 1))
+        lanes = -(-len(trials) // max(64 // width, 1))
         cheaper = U * (1.0 + 0.25 * lanes) < sum(c.size for c in trials) and dev.type == "cpu"
         if method == "union" or cheaper:
             tie_rank = _tie_ranks(trials, np.unique(g_pids, return_inverse=True)[1].reshape(-1))
