@@ -112,6 +112,18 @@ def test_kmeans_plusplus_never_picks_a_duplicate_seed() -> None:
         assert sorted((idx // 4).tolist()) == [0, 1, 2]
 
 
+def test_kmeans_plusplus_on_a_random_projection_still_covers_every_cluster() -> None:
+    # 10 tight clusters in 1024-d: seeding runs on a 256-d projection, yet must pick one row of each cluster
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(10), 20)
+    x = torch.from_numpy((rng.normal(size=(10, 1024))[truth] + 0.01 * rng.normal(size=(200, 1024))).astype(np.float32))
+    for seed in range(3):
+        idx = kmeans_plusplus(x, 10, seed).numpy()
+        assert sorted(truth[idx].tolist()) == list(range(10))
+        assert not np.array_equal(idx, kmeans_plusplus(x, 10, seed + 1).numpy())  # the seed matters
+    np.testing.assert_array_equal(kmeans_plusplus(x, 10, 0), kmeans_plusplus(x, 10, 0))
+
+
 def test_kmeans_bad_arguments() -> None:
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     with pytest.raises(ClusteringError, match="k = 6 clusters asked for only N = 5"):
