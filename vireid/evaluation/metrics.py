@@ -47,7 +47,6 @@ at the last rank stays found -- instead of being truncated as the reference code
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field

@@ -509,6 +509,8 @@ def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool 
 
     from vireid.evaluation.metrics import evaluate_ranking, evaluate_trials, feature_distance_fn, l2_normalize
 
+    if trial_method not in ("auto", "union", "per-trial"):
+        raise ValueError(f"trial_method must be 'auto', 'union' or 'per-trial', got {trial_method!r}")
     for trial in plan.trials:
         if trial.gallery.size == 0:
             raise FeaturesError(f"{plan.protocol} trial {trial.index}: empty gallery")
