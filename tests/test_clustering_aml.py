@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score
 
 from vireid.clustering import (
@@ -22,6 +23,7 @@ from vireid.clustering import (
     ward_merge,
 )
 from vireid.clustering.kmeans import kmeans_plusplus
+from vireid.clustering.reference import jaccard_distance_dense
 from vireid.errors import VireidError
 
 
@@ -300,6 +302,10 @@ def test_cluster_cross_modal_recovers_identities(synthetic, method) -> None:
     assert d["outlier_fraction_rgb"] < 0.05 and d["outlier_fraction_ir"] < 0.05
     if method == "kmeans":
         assert d["outlier_fraction_rgb"] == 0.0 and d["ari_all"] > 0.99
+    else:  # per-modality labels = sklearn DBSCAN on the dense reference Jaccard matrix
+        for x, raw in ((x_rgb, a.raw_labels_rgb), (x_ir, a.raw_labels_ir)):
+            dense = jaccard_distance_dense(x, k1=20, k2=6)
+            np.testing.assert_array_equal(raw, DBSCAN(eps=0.4, min_samples=4, metric="precomputed").fit_predict(dense))
 
 
 def test_cluster_cross_modal_kmeans_clamps_k_and_takes_tensors(synthetic, caplog) -> None:

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from scipy.cluster.hierarchy import linkage
 from scipy.optimize import linear_sum_assignment
 
-from vireid.clustering.dbscan import cluster_dbscan
+from vireid.clustering.dbscan import dbscan_sparse
+from vireid.clustering.jaccard import jaccard_distance_sparse
 from vireid.clustering.kmeans import ClusteringError, cosine_kmeans
 
 __all__ = [
@@ -253,7 +254,8 @@ def cluster_cross_modal(
     Features (the 4,096-d ``[model1 || model2]`` concatenation, flip-averaged) are L2-normalised first. Per modality:
 
     * ``method="dbscan"`` (run A): clustering Jaccard distance (``k1``, ``k2``) + DBSCAN (``eps`` 0.4 in AML,
-      ``min_samples`` 4) on the sparse radius graph (:func:`vireid.clustering.cluster_dbscan`);
+      ``min_samples`` 4) on the sparse radius graph (as :func:`vireid.clustering.cluster_dbscan`; labels equal
+      DBSCAN on the dense Jaccard matrix);
     * ``method="kmeans"`` (run B): :func:`vireid.clustering.cosine_kmeans` with ``k`` clusters (400 in AML), clamped
       to the modality's sample count with a logged note; no outliers. ``kmeans_niter`` / ``kmeans_backend`` /
       ``kmeans_n_init`` are passed on as ``niter`` / ``backend`` / ``n_init``.
@@ -270,7 +272,10 @@ def cluster_cross_modal(
     labels: dict[str, np.ndarray] = {}
     for name, x in xs.items():
         if method == "dbscan":
-            labels[name] = cluster_dbscan(x, eps, min_samples, k1=k1, k2=k2, device=device)
+            # x is normalised already: normalising again would cost a copy (and may move the last bit)
+            graph = jaccard_distance_sparse(x, k1, k2, eps, normalize=False, device=device)
+            labels[name] = dbscan_sparse(graph, eps, min_samples)
+            del graph
         else:
             kk = int(k)
             if kk > x.shape[0]:
