@@ -278,3 +278,26 @@ def test_average_precision_and_query_choice() -> None:
     assert worst.tolist() == [2, 4] and best.tolist() == [3, 5]
     worst, best = worst_and_best_queries(np.array([0.3, 0.6, np.nan]), 4)  # never the same query twice
     assert worst.tolist() == [0] and best.tolist() == [1]
+
+
+def test_aml_run_folder_final_untrained_phase_log_and_clustering_figure(tiny: Path, tmp_path: Path) -> None:
+    """An AML output_dir: results.json holds untrained / stage1 / final summaries, the log is the final phase's, and
+    the clustering diagnostics figure is embedded."""
+    run = tmp_path / "aml"
+    phase = _copy_run(tiny, run / "stage2_B")
+    trained = _results(tiny)
+    untrained = {**trained, "rank1": 3.5, "mAP": 4.25}
+    final = {**trained, "checkpoint": str(phase / "best.pt")}
+    (run / "results.json").write_text(json.dumps({"method": "aml", "untrained": untrained, "stage1": trained,
+                                                  "final": final}))
+    shutil.copy(tiny / "test_features.npz", run / "test_features.npz")
+    shutil.copy(tiny / "cmc.png", run / "clustering.png")
+    found = locate_run(run)
+    assert found.results["rank1"] == trained["rank1"] and found.untrained["rank1"] == 3.5
+    assert found.log_path == phase / "log.jsonl" and found.checkpoint_path == phase / "best.pt"
+    assert main(["report", str(run)]) == 0
+    text = (run / "report.html").read_text()
+    cells = {(row, m): v for row, m, v in _parse(text).cells}
+    assert cells[("metrics:untrained", "rank1")] == "3.50" and cells[("metrics:trained", "mAP")] == f"{trained['mAP']:.2f}"
+    assert "Re-clustering diagnostics" in text
+    assert base64.b64encode((run / "clustering.png").read_bytes()).decode("ascii") in text

@@ -67,6 +67,8 @@ class RunFolder:
     features_path: Path | None = None
     checkpoint_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    figures: list[tuple[str, Path]] = field(default_factory=list)
+    """Further PNGs of the run to show (AML: clustering diagnostics over training)."""
 
 
 def _read_json(path: Path) -> Any:
@@ -112,6 +114,9 @@ def locate_run(path: str | os.PathLike) -> RunFolder:
         candidate = run_dir / name if run_dir is not None else None
         if candidate is not None and candidate.is_file():
             obj = _read_json(candidate)
+            if isinstance(obj, dict) and _is_summary(obj.get("final")):  # AML: untrained / stage1 / final
+                untrained = obj["untrained"] if _is_summary(obj.get("untrained")) else None
+                obj = obj["final"]
             if not _is_summary(obj):
                 raise ReportError(f"{candidate}: has no rank1/rank5/rank10/rank20/mAP/mINP numbers; it is not a "
                                   "results file written by `vireid train`/`vireid test`")
@@ -134,6 +139,11 @@ def locate_run(path: str | os.PathLike) -> RunFolder:
         named = results.get("checkpoint")
         candidates = ([Path(named)] if isinstance(named, str) else []) + [run_dir / "best.pt", run_dir / "last.pt"]
         run.checkpoint_path = next((c for c in candidates if c.is_file()), None)
+        if run.log_path is None and run.checkpoint_path is not None:  # AML: the final phase's own folder
+            log = run.checkpoint_path.parent / "log.jsonl"
+            run.log_path = log if log.is_file() else None
+        if (run_dir / "clustering.png").is_file():
+            run.figures.append(("Re-clustering diagnostics (AML stage 2)", run_dir / "clustering.png"))
     return run
 
 
@@ -573,6 +583,10 @@ def render_report(run: RunFolder, *, queries: int = 4, top: int = 8) -> str:
         if len(problems) > 5:
             curves += f'<p class="note">… and {len(problems) - 5} more unreadable lines.</p>'
     sections.append(f'<section id="training"><h2>Training curves</h2>{curves}</section>')
+
+    for i, (caption, path) in enumerate(run.figures):
+        sections.append(f'<section id="figure{i}"><h2>{_e(caption)}</h2><img alt="{_e(caption)}" '
+                        f'data-figure="extra{i}" src="{_file_data_uri(path)}"></section>')
 
     notes = "".join(f'<p class="note">{_e(n)}</p>' for n in run.notes)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
