@@ -333,3 +333,30 @@ def test_pipeline_runs_every_phase_and_resumes_where_killed(synthetic_aml, tmp_p
     cluster_b = [json.dumps(r, sort_keys=True) for r in aml.cluster_rows(killed, ["s2A"])]
     assert [json.loads(r)["ari"] for r in cluster_a] == [json.loads(r)["ari"] for r in cluster_b]
     assert math.isfinite(full["final"]["mAP"])
+
+
+@pytest.mark.slow
+def test_pipeline_under_torchrun_two_processes(synthetic_aml, tmp_path):
+    """`torchrun --nproc_per_node 2 -m vireid train configs/aml/...` (gloo on CPU): rank 0 re-clusters and broadcasts
+    the labels and centroids, the memories stay in step through the DDP-gathered updates, only rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vireid", "train",
+         str(REPO / "configs/aml/sysu_mm02.yaml"), "--quiet", "--set",
+         *_overrides(synthetic_aml, out, 2, 3, "train.threads=1")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for phase, steps in (("s1r1", 2), ("s1r2", 2), ("s2A", 3), ("s2B", 3)):
+        ckpt = torch.load(out / phase / "last.pt", weights_only=True)
+        assert ckpt["meta"]["world_size"] == 2 and ckpt["progress"]["global_step"] == steps
+        rows = [json.loads(line) for line in (out / phase / "log.jsonl").read_text().splitlines()]
+        assert len([r for r in rows if r["kind"] == "train"]) == steps  # written once (rank 0), not per rank
+        if phase.startswith("s2"):
+            assert [r["kind"] for r in rows].count("cluster") >= 1
+    results = json.loads((out / "results.json").read_text())
+    assert all(0 <= results[k]["rank1"] <= 100 for k in ("untrained", "stage1", "final"))
