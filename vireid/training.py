@@ -165,18 +165,19 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[s
 
     ``method.name: aml`` runs the AML phases (:mod:`vireid.training_aml`).
     """
-    if cfg.method.name == "aml":
-        from vireid.training_aml import train_aml
-
-        return train_aml(cfg, resume=resume, progress=progress)
     if cfg.data.dataset == "regdb" and cfg.data.trials:
         per_trial = []
         for t in cfg.data.trials:
             sub = copy.deepcopy(cfg)
             sub.data.trial, sub.data.trials = t, []
             sub.output_dir = str(Path(cfg.output_dir) / f"trial_{t}")
-            per_trial.append(train(sub, resume=resume, progress=progress))
+            result = train(sub, resume=resume, progress=progress)
+            per_trial.append(result.get("final", result))  # AML: the final test of each trial
         return _regdb_mean(cfg, per_trial)
+    if cfg.method.name == "aml":
+        from vireid.training_aml import train_aml
+
+        return train_aml(cfg, resume=resume, progress=progress)
     return _train_one(cfg, resume=resume, progress=progress)
 
 
