@@ -53,7 +53,7 @@ def test_int_is_accepted_for_float_and_number_for_string(tmp_path):
         ("method.weights.wrt=-1", "config value method.weights.wrt=-1 is invalid: expected a weight >= 0"),
         ("method.weights.wrt=abc", "config value method.weights.wrt='abc' is invalid: expected a weight >= 0"),
         ("model.arch=vgg", "config key 'model.arch' = 'vgg' is not allowed; allowed values: 'resnet50', 'resnet18'"),
-        ("trian.epochs=5", "unknown config key 'trian'; known keys: augment, data"),
+        ("trian.epochs=5", "unknown config key 'trian'; known keys: aml, augment, data"),
         ("train.epochs=abc", "config key 'train.epochs' expects an integer, got 'abc' (str)"),
         ("train.epochs=2.5", "config key 'train.epochs' expects an integer, got 2.5 (float)"),
         ("train.lr=fast", "config key 'train.lr' expects a number, got 'fast' (str)"),
