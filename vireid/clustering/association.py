@@ -27,13 +27,12 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from scipy.cluster.hierarchy import linkage
 from scipy.optimize import linear_sum_assignment
 
 from vireid.clustering.dbscan import dbscan_sparse
 from vireid.clustering.jaccard import jaccard_distance_sparse
-from vireid.clustering.kmeans import ClusteringError, cosine_kmeans
+from vireid.clustering.kmeans import ClusteringError, cosine_kmeans, normalized_features
 
 __all__ = [
     "Association",
@@ -223,16 +222,6 @@ def associate(
     return Association(out_r, out_i, int(min(nr, ni)), nr, ni, merged, rgb_map, group_i, yr, yi)
 
 
-def _normalised(features: np.ndarray | torch.Tensor, device: torch.device | None) -> torch.Tensor:
-    x = features.detach() if isinstance(features, torch.Tensor) else torch.as_tensor(np.asarray(features))
-    if x.dim() != 2 or x.shape[0] == 0:
-        raise ClusteringError(f"cluster_cross_modal: features must be non-empty [N, D], got shape {tuple(x.shape)}")
-    x = x.to(device=device if device is not None else x.device, dtype=torch.float32)
-    if not bool(torch.isfinite(x).all()):
-        raise ClusteringError("cluster_cross_modal: features contain NaN or inf; fix the feature extraction first")
-    return F.normalize(x, dim=1)
-
-
 def cluster_cross_modal(
     features_rgb: np.ndarray | torch.Tensor,
     features_ir: np.ndarray | torch.Tensor,
@@ -265,7 +254,8 @@ def cluster_cross_modal(
     if method not in ("dbscan", "kmeans"):
         raise ClusteringError(f"cluster_cross_modal: method must be 'dbscan' or 'kmeans', got {method!r}")
     dev = torch.device(device) if device is not None else None
-    xs = {"rgb": _normalised(features_rgb, dev), "ir": _normalised(features_ir, dev)}
+    xs = {"rgb": normalized_features(features_rgb, dev, "cluster_cross_modal"),
+          "ir": normalized_features(features_ir, dev, "cluster_cross_modal")}
     if xs["rgb"].shape[1] != xs["ir"].shape[1]:
         raise ClusteringError(f"cluster_cross_modal: RGB and IR features differ in dimension "
                               f"({xs['rgb'].shape[1]} vs {xs['ir'].shape[1]})")

@@ -47,14 +47,16 @@ def _faiss_available() -> bool:
     return True
 
 
-def _prepare(features: np.ndarray | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-    """Features as an L2-normalised float32 tensor (on ``device``, else where they already are)."""
+def normalized_features(features: np.ndarray | torch.Tensor, device: torch.device | None = None,
+                        what: str = "cosine_kmeans") -> torch.Tensor:
+    """Features as an L2-normalised float32 tensor (on ``device``, else where they already are); ``what`` names the
+    caller in the one-line error for an empty, non-2-D or non-finite input."""
     x = features.detach() if isinstance(features, torch.Tensor) else torch.as_tensor(np.asarray(features))
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ClusteringError(f"cosine_kmeans: features must be a non-empty [N, D] array, got shape {tuple(x.shape)}")
+        raise ClusteringError(f"{what}: features must be a non-empty [N, D] array, got shape {tuple(x.shape)}")
     x = x.to(device=device if device is not None else x.device, dtype=torch.float32)
     if not bool(torch.isfinite(x).all()):
-        raise ClusteringError("cosine_kmeans: features contain NaN or inf; fix the feature extraction first")
+        raise ClusteringError(f"{what}: features contain NaN or inf; fix the feature extraction first")
     return F.normalize(x, dim=1)
 
 
@@ -212,7 +214,7 @@ def cosine_kmeans(
         raise ClusteringError(f"cosine_kmeans: k must be a positive integer, got {k!r}")
     if niter < 0:
         raise ClusteringError(f"cosine_kmeans: niter must be >= 0, got {niter}")
-    x = _prepare(features)
+    x = normalized_features(features)
     n = x.shape[0]
     if k > n:
         raise ClusteringError(f"cosine_kmeans: k = {k} clusters asked for only N = {n} samples; use k <= N")
