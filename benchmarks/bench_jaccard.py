@@ -17,7 +17,6 @@ benchmarks/results/jaccard.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import os
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _harness import make_features, print_stats, run_worker, timed
+from _harness import append_rows, make_features, print_stats, run_worker, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RESULTS = Path(__file__).resolve().parent / "results" / "jaccard.csv"
@@ -101,19 +100,13 @@ def main() -> None:
         f"graph nnz/row {graph.nnz / a.n:.1f}; load avg {load:.1f}"
     )
     print(summary)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(["date", "host_cpus", "load_avg", "n", "dim", "method", "seconds", "peak_rss_mb",
-                        "baseline_rss_mb", "speedup_vs_reference", "max_abs_diff_dense", "entries_diff_gt_1e-5",
-                        "dbscan_labels_equal_eps0.4", "dbscan_labels_equal_eps0.6"])
-        now = dt.datetime.now().isoformat(timespec="seconds")
-        for method, st in stats.items():
-            w.writerow([now, os.cpu_count(), f"{load:.1f}", a.n, a.dim, method, f"{st['seconds']:.3f}",
-                        f"{st['peak_mb']:.0f}", f"{st['base_mb']:.0f}", f"{r['seconds'] / st['seconds']:.2f}",
-                        f"{diff.max():.2e}", int((diff > 1e-5).sum()), same[0.4], same[0.6]])
+    now = dt.datetime.now().isoformat(timespec="seconds")
+    append_rows(RESULTS, ["date", "host_cpus", "load_avg", "n", "dim", "method", "seconds", "peak_rss_mb",
+                          "baseline_rss_mb", "speedup_vs_reference", "max_abs_diff_dense", "entries_diff_gt_1e-5",
+                          "dbscan_labels_equal_eps0.4", "dbscan_labels_equal_eps0.6"],
+                [[now, os.cpu_count(), f"{load:.1f}", a.n, a.dim, method, f"{st['seconds']:.3f}",
+                  f"{st['peak_mb']:.0f}", f"{st['base_mb']:.0f}", f"{r['seconds'] / st['seconds']:.2f}",
+                  f"{diff.max():.2e}", int((diff > 1e-5).sum()), same[0.4], same[0.6]] for method, st in stats.items()])
     print(f"appended to {RESULTS}")
 
 

@@ -12,7 +12,7 @@ RGB and IR rows share the centres). Methods, each in its own subprocess for a fa
   ``sklearn.cluster.DBSCAN(metric="precomputed")`` on the dense matrix, then the same :func:`associate`.
 
 Prints seconds, the speed ratio to ``dense``, peak RSS and its rise above the worker's baseline (the RSS with
-imports done and features loaded; the high-water mark is reset there, see :func:`_timed_own_peak`),
+imports done and features loaded; the high-water mark is reset there, see :func:`_harness.timed`),
 whether the per-modality DBSCAN labels and the associated labels of ``ours_dbscan`` equal ``dense``'s, and the
 agreement of each result with the true identities (ARI, match precision). Appends rows to
 benchmarks/results/recluster.csv.
@@ -27,7 +27,6 @@ The machine may be loaded (it is shared: other jobs compete for the same 2 cores
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import os
 import sys
@@ -36,46 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _harness import make_features, print_stats, run_worker, timed
+from _harness import append_rows, make_features, print_stats, run_worker, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RESULTS = Path(__file__).resolve().parent / "results" / "recluster.csv"
 N_RGB, N_IR, IDS = 22258, 11909, 395
 EPS, MIN_SAMPLES, K1, K2, K = 0.4, 4, 30, 6, 400
 METHODS = ("ours_dbscan", "ours_kmeans", "dense")
-
-
-def _vm_kb(field: str) -> float | None:
-    """``VmHWM`` / ``VmRSS`` of this process in kB from /proc/self/status (None where unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _timed_own_peak(fn):
-    """:func:`_harness.timed`, with the peak taken from this process's own memory only (Linux).
-
-    ``ru_maxrss`` survives ``execve``: a worker started by a big parent (this script generates 560 MB of features,
-    ~2.7 GB at its peak) starts with the parent's peak, which hides the method's own peak. So the high-water mark
-    is reset here (``/proc/self/clear_refs``) once imports and features are loaded, and ``VmHWM`` is read after
-    the call; the baseline is the RSS at that point. Elsewhere the harness's numbers are kept.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _vm_kb("VmRSS")
-    except OSError:
-        base = None
-    result, stats = timed(fn)
-    peak = _vm_kb("VmHWM")
-    if base is not None and peak is not None:
-        stats.update(peak_mb=peak / 1024, base_mb=base / 1024)
-    return result, stats
 
 
 def worker(method: str, path: str, n_rgb: int, k: int, out: str) -> None:
@@ -105,7 +71,7 @@ def worker(method: str, path: str, n_rgb: int, k: int, out: str) -> None:
         "ours_kmeans": lambda: cluster_cross_modal(rgb, ir, method="kmeans", k=k, device="cpu"),
         "dense": dense,
     }
-    a, stats = _timed_own_peak(fns[method])
+    a, stats = timed(fns[method])
     np.savez(out, labels_rgb=a.labels_rgb, labels_ir=a.labels_ir, raw_rgb=a.raw_labels_rgb, raw_ir=a.raw_labels_ir,
              counts=np.array([a.clusters_rgb, a.clusters_ir, a.num_clusters]))
     print_stats(stats)
@@ -184,24 +150,20 @@ def main() -> None:
               f"{g['match_precision']:8.3f}")
     if same_raw is not None:
         print(f"DBSCAN labels ours == dense (both modalities): {same_raw}; associated labels equal: {same_final}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(["date", "host_cpus", "load_avg", "n_rgb", "n_ir", "dim", "ids", "method", "seconds",
-                        "peak_rss_mb", "baseline_rss_mb", "speedup_vs_dense", "dbscan_labels_equal_dense",
-                        "associated_labels_equal_dense", "clusters_rgb", "clusters_ir", "num_clusters",
-                        "outlier_fraction_rgb", "outlier_fraction_ir", "ari", "match_precision"])
-        now = dt.datetime.now().isoformat(timespec="seconds")
-        for m, s in stats.items():
-            g = diag[m]
-            eq = (same_raw, same_final) if m == "ours_dbscan" else ("", "")
-            w.writerow([now, os.cpu_count(), f"{load:.1f}", n_rgb, n_ir, a.dim, ids, m, f"{s['seconds']:.3f}",
-                        f"{s['peak_mb']:.0f}", f"{s['base_mb']:.0f}",
-                        f"{ref['seconds'] / s['seconds']:.2f}" if ref else "", *eq, int(g["clusters_rgb"]),
-                        int(g["clusters_ir"]), int(g["num_clusters"]), f"{g['outlier_fraction_rgb']:.4f}",
-                        f"{g['outlier_fraction_ir']:.4f}", f"{g['ari']:.4f}", f"{g['match_precision']:.4f}"])
+    now = dt.datetime.now().isoformat(timespec="seconds")
+    rows = []
+    for m, s in stats.items():
+        g = diag[m]
+        eq = (same_raw, same_final) if m == "ours_dbscan" else ("", "")
+        rows.append([now, os.cpu_count(), f"{load:.1f}", n_rgb, n_ir, a.dim, ids, m, f"{s['seconds']:.3f}",
+                     f"{s['peak_mb']:.0f}", f"{s['base_mb']:.0f}",
+                     f"{ref['seconds'] / s['seconds']:.2f}" if ref else "", *eq, int(g["clusters_rgb"]),
+                     int(g["clusters_ir"]), int(g["num_clusters"]), f"{g['outlier_fraction_rgb']:.4f}",
+                     f"{g['outlier_fraction_ir']:.4f}", f"{g['ari']:.4f}", f"{g['match_precision']:.4f}"])
+    append_rows(RESULTS, ["date", "host_cpus", "load_avg", "n_rgb", "n_ir", "dim", "ids", "method", "seconds",
+                          "peak_rss_mb", "baseline_rss_mb", "speedup_vs_dense", "dbscan_labels_equal_dense",
+                          "associated_labels_equal_dense", "clusters_rgb", "clusters_ir", "num_clusters",
+                          "outlier_fraction_rgb", "outlier_fraction_ir", "ari", "match_precision"], rows)
     print(f"appended to {RESULTS}")
 
 

@@ -1,7 +1,7 @@
 """Benchmark: sparse chunked k-reciprocal re-ranking vs the dense original formulation (SPEC 2.5).
 
 Q + G = 10,000 samples, D = 2048, clustered synthetic features. Each method runs in its own subprocess so
-that peak RSS (ru_maxrss) is measured fairly; the baseline RSS after imports and data loading is reported
+that peak RSS (the own high-water mark, see _harness.timed) is measured fairly; the baseline RSS after imports and data loading is reported
 too. Prints the speed ratio, the peak-memory ratio and the largest difference of the outputs, and appends
 rows to benchmarks/results/rerank.csv.
 
@@ -11,7 +11,6 @@ rows to benchmarks/results/rerank.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import os
 import platform
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _harness import make_features, print_stats, run_worker, timed
+from _harness import append_rows, make_features, print_stats, run_worker, timed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rerank.csv"
 
@@ -75,21 +74,14 @@ def main() -> None:
         f"(ratio {mem:.3f}; total {s['peak_mb']:.0f} vs {d['peak_mb']:.0f} MB); max |diff| {diff.max():.2e}, "
         f"entries > 1e-5: {(diff > 1e-5).sum()} of {diff.size}; load avg {load:.1f}"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(["date", "host_cpus", "load_avg", "queries", "gallery", "dim", "method", "seconds",
-                        "peak_rss_mb", "baseline_rss_mb", "speedup_vs_dense", "mem_ratio_vs_dense",
-                        "max_abs_diff", "entries_diff_gt_1e-5"])
-        now = dt.datetime.now().isoformat(timespec="seconds")
-        for method, st in stats.items():
-            w.writerow([now, os.cpu_count(), f"{load:.1f}", a.queries, a.gallery, a.dim, method,
-                        f"{st['seconds']:.3f}", f"{st['peak_mb']:.0f}", f"{st['base_mb']:.0f}",
-                        f"{speed:.2f}" if method == "sparse" else "1.00",
-                        f"{mem:.3f}" if method == "sparse" else "1.000",
-                        f"{diff.max():.2e}", int((diff > 1e-5).sum())])
+    now = dt.datetime.now().isoformat(timespec="seconds")
+    append_rows(RESULTS, ["date", "host_cpus", "load_avg", "queries", "gallery", "dim", "method", "seconds",
+                          "peak_rss_mb", "baseline_rss_mb", "speedup_vs_dense", "mem_ratio_vs_dense",
+                          "max_abs_diff", "entries_diff_gt_1e-5"],
+                [[now, os.cpu_count(), f"{load:.1f}", a.queries, a.gallery, a.dim, method,
+                  f"{st['seconds']:.3f}", f"{st['peak_mb']:.0f}", f"{st['base_mb']:.0f}",
+                  f"{speed:.2f}" if method == "sparse" else "1.00", f"{mem:.3f}" if method == "sparse" else "1.000",
+                  f"{diff.max():.2e}", int((diff > 1e-5).sum())] for method, st in stats.items()])
     print(f"appended to {RESULTS} ({platform.processor() or platform.machine()})")
 
 
