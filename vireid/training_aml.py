@@ -243,13 +243,6 @@ def _extract_concat(method, cache: ImageCache, modalities: np.ndarray, cfg: Conf
     return f1, f2
 
 
-def _centroids(features: np.ndarray, labels: np.ndarray, count: int) -> torch.Tensor:
-    sums = np.zeros((count, features.shape[1]), dtype=np.float64)
-    keep = labels >= 0
-    np.add.at(sums, labels[keep], features[keep])
-    return torch.from_numpy(sums.astype(np.float32))
-
-
 class Reclusterer:
     """The stage-2 epoch hook: extract, cluster per modality, associate, reset memories, set the sampler's labels."""
 
@@ -289,7 +282,7 @@ class Reclusterer:
         self.sampler.set_labels(labels, self.steps_for(labels))
 
     def _cluster(self, epoch: int):
-        from vireid.clustering import cluster_cross_modal, clustering_diagnostics
+        from vireid.clustering import cluster_centroids, cluster_cross_modal, clustering_diagnostics
 
         a, cfg = self.cfg.aml, self.cfg
         f1, f2 = _extract_concat(self.method, self.cache, self.modalities, cfg, self.device, cfg.seed + epoch)
@@ -301,9 +294,9 @@ class Reclusterer:
         labels[rgb], labels[ir] = assoc.labels_rgb, assoc.labels_ir
         truth = self.truth
         diag = clustering_diagnostics(assoc, None if truth is None else truth[rgb], None if truth is None else truth[ir])
-        count = int(assoc.num_clusters)
-        return labels, _centroids(f1, labels, count), _centroids(f2, labels, count), \
-            {k: float(v) for k, v in diag.items()}
+        # memory initialisation: each model's half, centroids over both modalities (labels are 0..C-1, all used)
+        (_, c1), (_, c2) = cluster_centroids(f1, labels), cluster_centroids(f2, labels)
+        return labels, torch.from_numpy(c1), torch.from_numpy(c2), {k: float(v) for k, v in diag.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------------
