@@ -182,7 +182,7 @@ def test_stage2_state_carries_labels_and_resized_memories():
 
 
 def test_pseudo_label_sampler_epoch_and_positions():
-    from vireid.training_aml import PoolFetch, PseudoLabelSampler
+    from vireid.training_aml import PseudoLabelSampler
 
     mods = np.array([0, 1, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1])
     cams = np.array([1, 2, 1, 3, 2, 1, 3, 1, 2, 3, 1, 2])
@@ -199,8 +199,6 @@ def test_pseudo_label_sampler_epoch_and_positions():
         assert len(np.unique(labels[rows])) == 2
     s.set_epoch(0)
     assert [(a.tolist(), b.tolist()) for a, b in s] == [(a.tolist(), b.tolist()) for a, b in batches]
-    fetch = PoolFetch.__new__(PoolFetch)  # label lookup only
-    fetch.rows, fetch.labels = [rgb_rows, ir_rows], labels
     with pytest.raises(DataError, match="kept 1 pseudo identities"):
         s.set_labels(np.where(labels == 0, 0, -1), steps=1)
 

@@ -44,10 +44,6 @@ from vireid.losses import batch_hard_triplet, circle_logits, cross_entropy
 from vireid.losses.aml import distance_structure, similarity_structure, symmetric_kl
 from vireid.methods.base import Batch, Method, cams_or_unknown
 
-STAGE1_TERMS = ("id1", "id2", "id3", "tri1", "tri2", "tri3", "kl", "sim")
-STAGE2_TERMS = ("mem1", "mem2", "kl", "dist")
-
-
 def _modality(value: int, n: int, device: torch.device) -> torch.Tensor:
     return torch.full((n,), value, dtype=torch.long, device=device)
 
@@ -71,7 +67,15 @@ class SecondHead(nn.Module):
         return bn, self.classifier(bn)
 
 
-class AMLStage1(Method):
+class _AMLMethod(Method):
+    """What both AML stages share: one Adam parameter group for everything (SPEC 6: weight decay on biases too)."""
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr,
+                 "weight_decay": weight_decay, "name": "all"}]
+
+
+class AMLStage1(_AMLMethod):
     """AML stage 1: RGB-gray asymmetric mutual learning on the auxiliary source (see the module docstring).
 
     ``make_batch`` takes the RGB originals as ``rgb_u8`` and their fake-IR twins (same order) as ``ir_u8``.
@@ -122,13 +126,8 @@ class AMLStage1(Method):
         terms["loss"] = sum(terms.values())
         return terms
 
-    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """One Adam group for everything (SPEC 6: weight decay on biases too)."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr,
-                 "weight_decay": weight_decay, "name": "all"}]
 
-
-class AMLStage2(Method):
+class AMLStage2(_AMLMethod):
     """AML stage 2: cross-modality self-training with two cluster memories (see the module docstring).
 
     ``memory1`` / ``memory2`` are :class:`vireid.losses.memory.ClusterMemory` modules; the pipeline resets them
@@ -190,7 +189,3 @@ class AMLStage2(Method):
             terms["dist"] = self.dist_weight * distance_structure(f1, f2, detach_teacher=False)
         terms["loss"] = sum(terms.values())
         return terms
-
-    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr,
-                 "weight_decay": weight_decay, "name": "all"}]
