@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from vireid.config import load_config
-from vireid.errors import CheckpointError, ConfigError
+from vireid.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_YAML = REPO / "configs" / "demo.yaml"
