@@ -16,6 +16,7 @@ from vireid.losses import (
     cross_entropy,
     distance_structure,
     enabled,
+    enhanced_squared_difference,
     global_complement,
     inter_center,
     intra_center,
@@ -156,6 +157,108 @@ def test_wrt_single_identity_has_no_negatives():
     x, y = t([[0.0], [2.0]]), torch.tensor([4, 4])
     d_plus = (2.0 * 1.0) / (1.0 + math.exp(-2.0) + 1e-6)  # shift 2: weights e^{-2}, 1
     assert weighted_regularized_triplet(x, y).item() == pytest.approx(softplus(d_plus), abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- CAJ's ESD
+def _soft_dp_dn(dp: list[float], dn: list[float], alpha: float = 1.0) -> tuple[float, float]:
+    """One anchor's (d+, d-) of CAJ's TripletLoss_ADP (ICCV21_CAJ/loss.py:57-62, 133-136) in plain Python:
+    softmax_weights(alpha*D_ap, is_pos) shifts by the largest positive score, softmax_weights(-alpha*D_an, is_neg)
+    by 0 (masked entries count as 0); both denominators get + 1e-6. The self-pair is in dp with distance 1e-6."""
+    sp = [alpha * d for d in dp]
+    mp = max(sp)
+    zp = sum(math.exp(v - mp) for v in sp) + 1e-6
+    d_plus = sum(d * math.exp(v - mp) for d, v in zip(dp, sp)) / zp
+    zn = sum(math.exp(-alpha * d) for d in dn) + 1e-6
+    d_minus = sum(d * math.exp(-alpha * d) for d in dn) / zn
+    return d_plus, d_minus
+
+
+def _esd_anchor(dp: list[float], dn: list[float], alpha: float = 1.0, gamma: float = 1.0) -> float:
+    """ICCV21_CAJ/loss.py:147-155 for one anchor: diff = min(gamma (d+ - d-)^2, 88); y = -1 if d+ > d- else +1;
+    SoftMarginLoss term log(1 + exp(-y diff))."""
+    d_plus, d_minus = _soft_dp_dn(dp, dn, alpha)
+    diff = min(gamma * (d_plus - d_minus) ** 2, 88.0)
+    y = -1.0 if d_plus > d_minus else 1.0
+    return softplus(-y * diff)
+
+
+def test_esd_four_samples_by_hand_both_target_signs():
+    # 1-d features x = [0, 1, 3, 6], labels [0, 0, 1, 1]: d01=1 d02=3 d03=6 d12=2 d13=5 d23=3, self 1e-6.
+    x, y = t([[0.0], [1.0], [3.0], [6.0]]), torch.tensor([0, 0, 1, 1])
+    # anchor 0: d+ = 1/(1 + e^-1) = 0.731058; d- = (3e^-3 + 6e^-6)/(e^-3 + e^-6 + 1e-6) = 0.164234/0.052267 = 3.142217
+    #   d+ < d-  -> y = +1; diff = (0.731058 - 3.142217)^2 = 5.813690; term = log(1 + e^-5.813690) = 0.002982
+    # anchor 1: d+ = 0.731058; d- = (2e^-2 + 5e^-5)/(e^-2 + e^-5 + 1e-6) = 0.304361/0.142074 = 2.142263
+    #   y = +1; diff = 1.411204^2 = 1.991498; term = log(1 + e^-1.991498) = 0.127945
+    # anchor 2: positives {self, 6 at 3}: d+ = 3/(1 + e^-3 + 1e-6) = 3/1.049788 = 2.857720;
+    #   negatives {0 at 3, 1 at 2}: d- = (3e^-3 + 2e^-2)/(e^-3 + e^-2 + 1e-6) = 0.420032/0.185123 = 2.268929
+    #   d+ > d-  -> y = -1; diff = 0.588790^2 = 0.346674; term = log(1 + e^+0.346674) = 0.881432
+    # anchor 3: d+ = 2.857720; d- = (6e^-6 + 5e^-5)/(e^-6 + e^-5 + 1e-6) = 5.268370
+    #   y = +1; diff = 2.410650^2 = 5.811235; term = log(1 + e^-5.811235) = 0.002989
+    # loss = (0.002982 + 0.127945 + 0.881432 + 0.002989) / 4 = 0.253837
+    s = 1e-6
+    by_hand = [0.002982, 0.127945, 0.881432, 0.002989]
+    anchors = [([s, 1.0], [3.0, 6.0]), ([1.0, s], [2.0, 5.0]), ([s, 3.0], [3.0, 2.0]), ([3.0, s], [6.0, 5.0])]
+    for (dp, dn), value in zip(anchors, by_hand):
+        assert _esd_anchor(dp, dn) == pytest.approx(value, abs=1e-6)
+    assert enhanced_squared_difference(x, y).item() == pytest.approx(0.253837, abs=2e-6)
+    # the y rule matters: with y = +1 everywhere (no sign flip) anchor 2 would give log(1 + e^-0.346674) = 0.534758
+    assert enhanced_squared_difference(x, y).item() != pytest.approx((0.002982 + 0.127945 + 0.534758 + 0.002989) / 4,
+                                                                     abs=1e-3)
+    # alpha and gamma enter as in the reference (weights softmax(alpha*D), diff = gamma*(d+ - d-)^2)
+    expected = sum(_esd_anchor(dp, dn, alpha=2.0, gamma=0.5) for dp, dn in anchors) / 4
+    assert enhanced_squared_difference(x, y, alpha=2.0, gamma=0.5).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_esd_clamp_at_88_saturates_and_stops_the_gradient():
+    # x = [0, 10, 0.5, 10.5], labels [0, 0, 1, 1]: every anchor's positive is ~10 away, its nearest negative 0.5.
+    # anchor 0: d+ = 10/(1 + e^-10 + 1e-6) = 9.999536; d- = (0.5e^-0.5 + 10.5e^-10.5)/(e^-0.5 + e^-10.5 + 1e-6)
+    #   = 0.500453 -> (d+ - d-)^2 = 9.499083^2 = 90.2326 > 88 -> clamped to 88; d+ > d- -> y = -1 -> log(1 + e^88) = 88
+    # anchors 1-3 likewise ((d+ - d-)^2 = 90.2201, 90.2201, 90.2326): loss = 88 exactly, and no gradient at all.
+    x = t([[0.0], [10.0], [0.5], [10.5]], grad=True)
+    y = torch.tensor([0, 0, 1, 1])
+    d_plus, d_minus = _soft_dp_dn([1e-6, 10.0], [0.5, 10.5])
+    assert (d_plus - d_minus) ** 2 == pytest.approx(90.2326, abs=1e-4)
+    loss = enhanced_squared_difference(x, y)
+    assert loss.item() == pytest.approx(88.0, abs=1e-5)
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    # the same batch without the square (a WRT-like softplus of the gap) does train: nonzero gradient
+    x2 = x.detach().clone().requires_grad_(True)
+    enhanced_squared_difference(x2, y, square=False).backward()
+    assert x2.grad.abs().sum().item() > 0.1
+    # a satisfied anchor beyond the clamp contributes log(1 + e^-88) ~ 0: x = [0, 1, 12, 13] anchor 0 has
+    # d+ = 0.731058, d- = (12e^-12 + 13e^-13)/(e^-12 + e^-13 + 1e-6) = 1.03110e-4/9.4039e-6 = 10.9645 -> 104.7 -> 88
+    d_plus, d_minus = _soft_dp_dn([1e-6, 1.0], [12.0, 13.0])
+    assert d_minus == pytest.approx(10.9645, abs=1e-3)
+    assert _esd_anchor([1e-6, 1.0], [12.0, 13.0]) < 1e-38
+    x3, y3 = t([[0.0], [1.0], [12.0], [13.0]]), torch.tensor([0, 0, 1, 1])
+    expected = sum(_esd_anchor(dp, dn) for dp, dn in [([1e-6, 1.0], [12.0, 13.0]), ([1.0, 1e-6], [11.0, 12.0]),
+                                                      ([1e-6, 1.0], [12.0, 11.0]), ([1.0, 1e-6], [13.0, 12.0])]) / 4
+    assert enhanced_squared_difference(x3, y3).item() == pytest.approx(expected, abs=1e-7)
+
+
+def test_esd_without_square_is_wrt_at_unit_alpha_gamma_and_checks_its_arguments():
+    g = torch.Generator().manual_seed(5)
+    z, lab = torch.randn(8, 3, generator=g), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    # square 0 (loss.py:143-145): SoftMarginLoss(gamma (d- - d+), 1) = mean softplus(gamma (d+ - d-)) = WRT at 1, 1
+    assert enhanced_squared_difference(z, lab, square=False).item() == pytest.approx(
+        weighted_regularized_triplet(z, lab).item(), abs=1e-6)
+    x, y = t([[0.0], [1.0], [3.0], [6.0]]), torch.tensor([0, 0, 1, 1])
+    s = 1e-6
+    anchors = [([s, 1.0], [3.0, 6.0]), ([1.0, s], [2.0, 5.0]), ([s, 3.0], [3.0, 2.0]), ([3.0, s], [6.0, 5.0])]
+    expected = sum(softplus(2.0 * (p - n)) for p, n in (_soft_dp_dn(dp, dn) for dp, dn in anchors)) / 4
+    assert enhanced_squared_difference(x, y, gamma=2.0, square=False).item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="alpha and gamma must be > 0"):
+        enhanced_squared_difference(x, y, alpha=0.0)
+    with pytest.raises(ValueError, match="labels must be"):
+        enhanced_squared_difference(x, y[:3])
+
+
+def test_esd_gradcheck_below_the_clamp():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert torch.autograd.gradcheck(lambda f: enhanced_squared_difference(f, y), (x,))
 
 
 # --------------------------------------------------------------------------------------------- batch-hard

@@ -1,6 +1,7 @@
 """Loss functions: plain functions of tensors, each computed in float32 whatever the autocast state.
 
 Supervised (AGW, CAJ, MSCLNet): :func:`cross_entropy`, :func:`circle_logits`, :func:`weighted_regularized_triplet`,
+:func:`enhanced_squared_difference` (CAJ's ESD),
 :func:`batch_hard_triplet`, and the MSCLNet terms :func:`modality_diversity`, :func:`local_complement`,
 :func:`global_complement`, :func:`subclass_center`, :func:`intra_center`, :func:`inter_center`.
 Mutual learning (AML): :func:`symmetric_kl`, :func:`similarity_structure`, :func:`distance_structure`; AML's
@@ -21,7 +22,12 @@ from .aml import distance_structure, similarity_structure, symmetric_kl
 from .classification import circle_logits, cross_entropy
 from .combine import combine, enabled
 from .memory import ClusterMemory
-from .metric import batch_hard_triplet, pairwise_euclidean, weighted_regularized_triplet
+from .metric import (
+    batch_hard_triplet,
+    enhanced_squared_difference,
+    pairwise_euclidean,
+    weighted_regularized_triplet,
+)
 from .msclnet import (
     global_complement,
     inter_center,
@@ -39,6 +45,7 @@ __all__ = [
     "cross_entropy",
     "distance_structure",
     "enabled",
+    "enhanced_squared_difference",
     "global_complement",
     "inter_center",
     "intra_center",
