@@ -157,6 +157,41 @@ def test_instance_norm_parts_pairing_and_centres() -> None:
     assert sub[0] == sub[1] and len({int(s) for s in sub}) == 3
 
 
+def test_instance_norm_is_affine_by_default_and_matches_eq1_by_hand() -> None:
+    # Eq. 1: IN(x) = gamma * (x - mu) / sqrt(sigma^2 + eps) + beta, per sample and channel, biased variance.
+    # channel 0 = [[1, 3], [1, 3]]: mu 2, sigma^2 ((1 + 1 + 1 + 1) / 4) = 1 -> x_hat = [[-1, 1], [-1, 1]] / sqrt(1 + eps)
+    # channel 1 = [[0, 0], [4, 4]]: mu 2, sigma^2 (4 * 4 / 4) = 4    -> x_hat = [[-2, -2], [2, 2]] / sqrt(4 + eps)
+    eps = 1e-5
+    x = torch.tensor([[[[1.0, 3.0], [1.0, 3.0]], [[0.0, 0.0], [4.0, 4.0]]]])
+    norm = FeatureInstanceNorm(2)
+    assert isinstance(norm.gamma, nn.Parameter) and isinstance(norm.beta, nn.Parameter)
+    assert {n for n, _ in norm.named_parameters()} == {"norm.weight", "norm.bias"}
+    assert norm.gamma.requires_grad and norm.beta.requires_grad
+    torch.testing.assert_close(norm.gamma.detach(), torch.ones(2))  # starts as the identity affine map
+    torch.testing.assert_close(norm.beta.detach(), torch.zeros(2))
+    with torch.no_grad():
+        norm.gamma.copy_(torch.tensor([2.0, 0.5]))
+        norm.beta.copy_(torch.tensor([1.0, -1.0]))
+    r0, r1 = 1.0 / (1.0 + eps) ** 0.5, 2.0 / (4.0 + eps) ** 0.5
+    # channel 0: 2 * (-+r0) + 1 ; channel 1: 0.5 * (-+r1) - 1
+    expected = torch.tensor([[[[1 - 2 * r0, 1 + 2 * r0], [1 - 2 * r0, 1 + 2 * r0]],
+                              [[-1 - 0.5 * r1, -1 - 0.5 * r1], [-1 + 0.5 * r1, -1 + 0.5 * r1]]]])
+    out = norm(x)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    # trained: L = out[0,0,0,1] + out[0,1,1,0] -> dL/dgamma = (x_hat_0(0,1), x_hat_1(1,0)) = (r0, r1), dL/dbeta = (1, 1)
+    (out[0, 0, 0, 1] + out[0, 1, 1, 0]).backward()
+    torch.testing.assert_close(norm.gamma.grad, torch.tensor([r0, r1]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(norm.beta.grad, torch.tensor([1.0, 1.0]))
+    torch.optim.SGD(norm.parameters(), lr=0.1).step()
+    torch.testing.assert_close(norm.gamma.detach(), torch.tensor([2.0 - 0.1 * r0, 0.5 - 0.1 * r1]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(norm.beta.detach(), torch.tensor([0.9, -1.1]))
+    # the parameter-free option: no gamma/beta, output = x_hat
+    plain = FeatureInstanceNorm(2, affine=False)
+    assert plain.gamma is None and plain.beta is None and not list(plain.parameters())
+    x_hat = torch.tensor([[[[-r0, r0], [-r0, r0]], [[-r1, -r1], [r1, r1]]]])
+    torch.testing.assert_close(plain(x), x_hat, atol=1e-6, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Batches
 

@@ -20,33 +20,51 @@ from torch import nn
 
 __all__ = [
     "FeatureInstanceNorm",
-    "horizontal_parts",
     "MogrifierLSTMCell",
     "SynergyEncoder",
-    "pair_by_identity",
     "class_centers",
+    "horizontal_parts",
+    "pair_by_identity",
     "subclass_labels",
 ]
 
 
 class FeatureInstanceNorm(nn.Module):
-    """Instance normalisation of a feature map: per sample and per channel, over the spatial positions.
+    """Instance normalisation of a feature map: per sample and per channel, over the spatial positions (MSCLNet Eq. 1).
+
+    For sample n, channel c, with ``mu_nc`` and ``sigma²_nc`` the mean and the biased (divide by h·w) variance of
+    ``x[n, c]`` over its h·w positions::
+
+        IN(x)[n, c, i, j] = gamma_c · (x[n, c, i, j] − mu_nc) / sqrt(sigma²_nc + eps) + beta_c
+
+    Eq. 1 of the paper prints the learnable ``gamma``, ``beta``, so ``affine=True`` is the default (gamma starts at 1,
+    beta at 0, both trained with the other training-only modules); ``affine=False`` drops them (gamma = 1, beta = 0
+    fixed), the parameter-free variant. The statistics always come from the sample itself, in train and eval alike
+    (no running statistics).
 
     Why: MSCLNet normalises each modality's map before the synergy encoder and the diversity loss, removing
     per-image, per-channel statistics (brightness/contrast-like style that differs between RGB and IR) and bounding the
-    features' scale, which keeps ``-KL`` of the diversity term from growing without limit.
-    Note that after instance normalisation the spatial *mean* of every channel is 0 (or the affine bias): a global
-    average pool of the normalised map carries no information, which is why the method builds its descriptors from
-    horizontal parts (see :func:`horizontal_parts`) rather than from a global average.
-
-    ``affine=False`` (default) has no parameters; ``affine=True`` adds a learnable per-channel scale and shift
-    (training-only parameters, like the encoder's).
+    features' scale, which keeps ``-KL`` of the diversity term from growing without limit (with ``affine`` the scale
+    is gamma's, a per-channel parameter rather than a per-image statistic).
+    Note that after instance normalisation the spatial *mean* of every channel is ``beta_c`` for every image: a global
+    average pool of the normalised map carries no information about the image, which is why the method builds its
+    descriptors from horizontal parts (see :func:`horizontal_parts`) rather than from a global average.
     """
 
-    def __init__(self, channels: int, affine: bool = False, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, affine: bool = True, eps: float = 1e-5) -> None:
         super().__init__()
         # track_running_stats=False: statistics always come from the sample itself, in train and eval alike.
         self.norm = nn.InstanceNorm2d(channels, affine=affine, eps=eps, track_running_stats=False)
+
+    @property
+    def gamma(self) -> nn.Parameter | None:
+        """Eq. 1's per-channel scale ``[C]`` (None when ``affine=False``)."""
+        return self.norm.weight
+
+    @property
+    def beta(self) -> nn.Parameter | None:
+        """Eq. 1's per-channel shift ``[C]`` (None when ``affine=False``)."""
+        return self.norm.bias
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         if fmap.dim() != 4:
