@@ -12,7 +12,11 @@ import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock
 
 from vireid.errors import ConfigError
-from vireid.losses.deen import center_pair_mining, deen_expansion_terms, expansion_orthogonality
+from vireid.losses.deen import (
+    center_pair_mining,
+    deen_expansion_terms,
+    expansion_orthogonality,
+)
 from vireid.models import EvalOutput, TrainOutput
 from vireid.models.backbones import resnet18_half_random
 from vireid.models.deen import (
@@ -402,8 +406,7 @@ def test_pretrained_file_goes_into_both_stems_and_the_shared_stages(tmp_path):
     ({"num_classes": -1}, "num_classes"),
 ])
 def test_build_refuses_bad_options(kwargs, field):
-    args = dict(arch="resnet18_half", pretrained="none")
-    args.update(kwargs)
+    args = {"arch": "resnet18_half", "pretrained": "none", **kwargs}
     with pytest.raises(ConfigError, match=field):
         build_deen_model(**args)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ._util import as_float, check_pair, full_precision, group_means
 from .metric import pairwise_euclidean
 
-__all__ = ["center_pair_mining", "expansion_orthogonality", "deen_expansion_terms"]
+__all__ = ["center_pair_mining", "deen_expansion_terms", "expansion_orthogonality"]
 
 
 def _modality_centres(features: torch.Tensor, labels: torch.Tensor, modalities: torch.Tensor,

@@ -42,14 +42,19 @@ from vireid.errors import ConfigError
 from vireid.models import EvalOutput, TrainOutput, get_backbone
 from vireid.models.backbones import STAGES, TwoStreamResNet, stage_out_channels
 from vireid.models.layers import BNNeck, GlobalAvgPool, LinearClassifier
-from vireid.models.weights import LoadReport, fetch_imagenet_state_dict, load_torchvision_state_dict, read_state_dict_file
+from vireid.models.weights import (
+    LoadReport,
+    fetch_imagenet_state_dict,
+    load_torchvision_state_dict,
+    read_state_dict_file,
+)
 
 __all__ = [
     "ChannelNonLocal",
-    "PairedNonLocal",
-    "MFABlock",
     "DEEModule",
     "DEENModel",
+    "MFABlock",
+    "PairedNonLocal",
     "build_deen_model",
     "split_branches",
 ]
@@ -267,8 +272,11 @@ class DEENModel(nn.Module):
         missing = [n for n in self.stage_names if n not in backbone.shared_names]
         if missing:
             raise ValueError(f"DEENModel: the backbone lacks the shared stages {missing}")
-        stem_channels = int(backbone.visible.bn1.num_features)
-        widths = [stage_out_channels(getattr(backbone.shared, n)) for n in self.stage_names]
+        stem_bn = backbone.visible.get_submodule("bn1")
+        if not isinstance(stem_bn, nn.BatchNorm2d):
+            raise TypeError("DEENModel: the backbone's stem has no BatchNorm2d 'bn1' (not a torchvision ResNet)")
+        stem_channels = int(stem_bn.num_features)
+        widths = [stage_out_channels(_stage(backbone, n)) for n in self.stage_names]
         self.stages = stages
         self.use_mfa = bool(mfa)
         self.mfa = nn.ModuleList()
@@ -307,7 +315,7 @@ class DEENModel(nn.Module):
         for k, name in enumerate(self.stage_names):
             if k == last:
                 low = self.dee(low)
-            out = getattr(self.backbone.shared, name)(low)
+            out = self.backbone.shared.get_submodule(name)(low)
             if k < last:
                 low = self.mfa[k](out, low) if self.use_mfa else out
         return out
@@ -375,10 +383,11 @@ def build_deen_model(
     or a local torchvision-format weights file, loaded into both stems and the shared stages (MFA, DEE and the head
     keep their own initialisation). ``last_stride`` is 1 (the official ``resnet50(last_conv_stride=1)``).
     """
-    kwargs: dict[str, Any] = dict(arch=arch, num_classes=num_classes,
-                                  pretrained=None if pretrained is None else str(pretrained), stages=stages, mfa=mfa,
-                                  pnl_layout=pnl_layout, expansions=expansions, dee_dropout=dee_dropout,
-                                  eval_branches=eval_branches, eval_pool_weight=eval_pool_weight)
+    kwargs: dict[str, Any] = {
+        "arch": arch, "num_classes": num_classes, "pretrained": None if pretrained is None else str(pretrained),
+        "stages": stages, "mfa": mfa, "pnl_layout": pnl_layout, "expansions": expansions, "dee_dropout": dee_dropout,
+        "eval_branches": eval_branches, "eval_pool_weight": eval_pool_weight,
+    }
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ConfigError(f"model.num_classes: {num_classes!r} is not allowed; expected an integer >= 0")
     checks: list[tuple[str, object, tuple[object, ...]]] = [
@@ -414,7 +423,12 @@ def _drop_layer4(backbone: TwoStreamResNet) -> None:
     del backbone.shared.layer4
     backbone.shared.part_names = tuple(n for n in backbone.shared.part_names if n != "layer4")
     backbone.shared_names = tuple(n for n in backbone.shared_names if n != "layer4")
-    backbone.out_channels = stage_out_channels(backbone.shared.layer3)
+    backbone.out_channels = stage_out_channels(_stage(backbone, "layer3"))
+
+
+def _stage(backbone: TwoStreamResNet, name: str) -> nn.Sequential:
+    """A shared stage of the backbone (a ResNetStage, which behaves as the Sequential it was built from)."""
+    return backbone.shared.get_submodule(name)  # type: ignore[return-value]
 
 
 def _load_weights(template: ResNet, pretrained: str | os.PathLike | None, arch: str,
