@@ -17,77 +17,85 @@ from vireid.evaluation.metrics import (
 from vireid.evaluation.reference import reference_metrics
 
 METHODS = ("fast", "sort")
+# NumPy arrays are evaluated by the NumPy backend, torch tensors by the torch one: every hand case runs on both
+BACKENDS = ("numpy", "torch")
 
 
-def ev(d, qp, gp, qk=None, gk=None, **kw):
-    return evaluate_ranking(np.asarray(d, dtype=np.float32), np.asarray(qp), np.asarray(gp),
+def ev(d, qp, gp, qk=None, gk=None, backend="numpy", **kw):
+    d = np.asarray(d, dtype=np.float32)
+    return evaluate_ranking(d if backend == "numpy" else torch.from_numpy(d), np.asarray(qp), np.asarray(gp),
                             None if qk is None else np.asarray(qk), None if gk is None else np.asarray(gk), **kw)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_standard_cmc_ap_inp_by_hand(method):
+def test_standard_cmc_ap_inp_by_hand(method, backend):
     # gallery in distance order: pids 2, 1, 3, 1, 2 ; query pid 1
     # kept ranks (0-based) of the matches: 1 and 3
     # standard CMC: first match at rank 1 -> cmc = [0, 1, 1, ...]
     # AP = (1/2 + 2/4) / 2 = 0.5 ; INP = 2 matches / (last match at 1-based rank 4) = 0.5
-    r = ev([[0.1, 0.2, 0.3, 0.4, 0.5]], [1], [2, 1, 3, 1, 2], method=method)
+    r = ev([[0.1, 0.2, 0.3, 0.4, 0.5]], [1], [2, 1, 3, 1, 2], method=method, backend=backend)
     assert r.cmc.tolist() == [0.0] + [1.0] * 19
     assert r.mAP == pytest.approx(0.5)
     assert r.mINP == pytest.approx(0.5)
     assert r.rank.tolist() == [1]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_identity_level_cmc_differs_from_standard(method):
+def test_identity_level_cmc_differs_from_standard(method, backend):
     # gallery in distance order: pids 2, 2, 3, 1 ; query pid 1
     # standard: first match at kept rank 3 -> cmc[0..2] = 0, cmc[3:] = 1
     # identity-level: distinct pids in order 2, 3, 1 -> the query id is at rank 2 -> cmc[0..1] = 0, cmc[2:] = 1
     # AP = 1/4 ; INP = 1/4 (the same in both)
     d, qp, gp = [[0.1, 0.2, 0.3, 0.4]], [1], [2, 2, 3, 1]
-    std = ev(d, qp, gp, cmc="standard", method=method)
-    idl = ev(d, qp, gp, cmc="identity", method=method)
+    std = ev(d, qp, gp, cmc="standard", method=method, backend=backend)
+    idl = ev(d, qp, gp, cmc="identity", method=method, backend=backend)
     assert std.cmc[:5].tolist() == [0, 0, 0, 1, 1]
     assert idl.cmc[:5].tolist() == [0, 0, 1, 1, 1]
     assert std.mAP == idl.mAP == pytest.approx(0.25)
     assert std.mINP == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_removal_rule_by_hand(method):
+def test_removal_rule_by_hand(method, backend):
     # distance order = index order; pids 1, 2, 1, 1 ; query pid 1 with removal key 7; gallery keys 7, 0, 0, 7
     # removed: gallery 0 and 3 -> kept = [pid 2, pid 1] -> the match is at kept rank 1
     # AP = 1/2, INP = 1/2, cmc = [0, 1, ...]
     d, qp, gp = [[0.1, 0.2, 0.3, 0.4]], [1], [1, 2, 1, 1]
-    r = ev(d, qp, gp, [7], [7, 0, 0, 7], method=method)
+    r = ev(d, qp, gp, [7], [7, 0, 0, 7], method=method, backend=backend)
     assert r.cmc[:3].tolist() == [0, 1, 1]
     assert r.mAP == pytest.approx(0.5) and r.mINP == pytest.approx(0.5)
     # without removal the matches sit at ranks 0, 2, 3: AP = (1/1 + 2/3 + 3/4) / 3, INP = 3/4
-    r = ev(d, qp, gp, [-1], [-2, -2, -2, -2], method=method)
+    r = ev(d, qp, gp, [-1], [-2, -2, -2, -2], method=method, backend=backend)
     assert r.cmc[0] == 1
     assert r.mAP == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
     assert r.mINP == pytest.approx(0.75)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_same_pid_same_camera_keys(method):
+def test_same_pid_same_camera_keys(method, backend):
     # query (pid 5, cam 1); gallery (5, 1) removed, (5, 2) kept, (6, 1) kept
     qp, qc = np.array([5]), np.array([1])
     gp, gc = np.array([5, 6, 5]), np.array([1, 1, 2])
     keys = pair_keys(np.r_[qp, gp], np.r_[qc, gc])
     assert keys[0] == keys[1] and len(set(keys[1:].tolist())) == 3
     # distance order = index order -> kept: (6, 1), (5, 2): match at kept rank 1
-    r = ev([[0.1, 0.2, 0.3]], qp, gp, keys[:1], keys[1:], method=method)
+    r = ev([[0.1, 0.2, 0.3]], qp, gp, keys[:1], keys[1:], method=method, backend=backend)
     assert r.rank.tolist() == [1] and r.mAP == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_invalid_query_excluded(method):
+def test_invalid_query_excluded(method, backend):
     # query 0 (pid 1): match at rank 0 -> AP 1, INP 1
     # query 1 (pid 9): no gallery image of pid 9 -> invalid
     # query 2 (pid 2): its only match is removed (keys 3 == 3) -> invalid
     # -> 1 valid query: cmc = [1, ...], mAP = mINP = 1
     d = [[0.1, 0.2], [0.1, 0.2], [0.1, 0.2]]
-    r = ev(d, [1, 9, 2], [1, 2], [-1, -1, 3], [0, 3], method=method)
+    r = ev(d, [1, 9, 2], [1, 2], [-1, -1, 3], [0, 3], method=method, backend=backend)
     assert r.num_valid == 1 and r.num_query == 3
     assert r.valid.tolist() == [True, False, False]
     assert r.cmc.tolist() == [1.0] * 20
@@ -95,15 +103,16 @@ def test_invalid_query_excluded(method):
     assert np.isnan(r.ap[1]) and np.isnan(r.ap[2])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_invalid_query_quirk(method):
+def test_invalid_query_quirk(method, backend):
     # identity-level, 3 queries: q0 found at identity rank 0, q1 at identity rank 1, q2 invalid (pid 9).
     # reference numerator: rows [1,1,...], [0,1,...], [0,0,...] (the invalid row is all zeros);
     # divisor: 2 valid queries -> cmc[0] = 1/2, cmc[1:] = 1. Identical to ignoring q2, as SPEC 2.1 says.
     d = [[0.1, 0.2], [0.2, 0.1], [0.1, 0.2]]
     gp = [1, 2]
-    r_q = ev(d, [1, 1, 9], gp, cmc="identity", invalid_query_quirk=True, method=method)
-    r_n = ev(d, [1, 1, 9], gp, cmc="identity", invalid_query_quirk=False, method=method)
+    r_q = ev(d, [1, 1, 9], gp, cmc="identity", invalid_query_quirk=True, method=method, backend=backend)
+    r_n = ev(d, [1, 1, 9], gp, cmc="identity", invalid_query_quirk=False, method=method, backend=backend)
     assert r_q.cmc[:3].tolist() == [0.5, 1.0, 1.0]
     np.testing.assert_array_equal(r_q.cmc, r_n.cmc)
     ref = reference_metrics(np.asarray(d), np.array([1, 1, 9]), np.array(gp), cmc="identity",
@@ -111,39 +120,42 @@ def test_invalid_query_quirk(method):
     np.testing.assert_allclose(r_q.cmc, ref["cmc"])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_ties_use_gallery_index_order(method):
+def test_ties_use_gallery_index_order(method, backend):
     # all distances equal -> stable order = gallery index order
     # pids 2, 1, 1 (query 1): matches at ranks 1, 2 -> AP = (1/2 + 2/3)/2 = 7/12, INP = 2/3, first rank 1
-    r = ev([[0.5, 0.5, 0.5]], [1], [2, 1, 1], method=method)
+    r = ev([[0.5, 0.5, 0.5]], [1], [2, 1, 1], method=method, backend=backend)
     assert r.rank.tolist() == [1]
     assert r.mAP == pytest.approx(7 / 12) and r.mINP == pytest.approx(2 / 3)
     # pids 1, 2, 1: matches at ranks 0, 2 -> AP = (1 + 2/3)/2 = 5/6, INP = 2/3
-    r = ev([[0.5, 0.5, 0.5]], [1], [1, 2, 1], method=method)
+    r = ev([[0.5, 0.5, 0.5]], [1], [1, 2, 1], method=method, backend=backend)
     assert r.rank.tolist() == [0] and r.mAP == pytest.approx(5 / 6)
     # -0.0 ties with +0.0: pids 2, 1 at distances 0.0, -0.0 -> stable order keeps pid 2 first -> rank 1
-    r = ev([[0.0, -0.0]], [1], [2, 1], method=method)
+    r = ev([[0.0, -0.0]], [1], [2, 1], method=method, backend=backend)
     assert r.rank.tolist() == [1]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_identity_ties(method):
+def test_identity_ties(method, backend):
     # distances 0.3, 0.1, 0.1, 0.2 -> stable order: g1 (0.1), g2 (0.1), g3 (0.2), g0 (0.3)
     # pids 1, 3, 2, 3 (query 2): distinct ids in order 3, 2, 1 -> identity rank 1 (id 3 wins the tie by index)
-    r = ev([[0.3, 0.1, 0.1, 0.2]], [2], [1, 3, 2, 3], cmc="identity", method=method)
+    r = ev([[0.3, 0.1, 0.1, 0.2]], [2], [1, 3, 2, 3], cmc="identity", method=method, backend=backend)
     assert r.rank.tolist() == [1]
     # pids 1, 2, 3, 3 (query 2): order 2, 3, 1 -> identity rank 0 (id 3 ties at 0.1 but comes later)
-    r = ev([[0.3, 0.1, 0.1, 0.2]], [2], [1, 2, 3, 3], cmc="identity", method=method)
+    r = ev([[0.3, 0.1, 0.1, 0.2]], [2], [1, 2, 3, 3], cmc="identity", method=method, backend=backend)
     assert r.rank.tolist() == [0]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_max_rank_padding(method):
+def test_max_rank_padding(method, backend):
     # 3 gallery images, max_rank 20: curve padded with its last value
     # query pid 1 found at rank 2 -> cmc = [0, 0, 1, 1, ..., 1] (20 values)
-    r = ev([[0.1, 0.2, 0.3]], [1], [2, 3, 1], method=method)
+    r = ev([[0.1, 0.2, 0.3]], [1], [2, 3, 1], method=method, backend=backend)
     assert len(r.cmc) == 20 and r.cmc.tolist() == [0, 0] + [1] * 18
-    assert ev([[0.1, 0.2, 0.3]], [1], [2, 3, 1], max_rank=5, method=method).cmc.tolist() == [0, 0, 1, 1, 1]
+    assert ev([[0.1, 0.2, 0.3]], [1], [2, 3, 1], max_rank=5, method=method, backend=backend).cmc.tolist() == [0, 0, 1, 1, 1]
 
 
 def test_summary_in_percent():
@@ -172,8 +184,8 @@ def test_random_against_reference(seed, cmc):
             evaluate_ranking(d, qp, gp, qk, gk, cmc=cmc)
         return
     for method in METHODS:
-        for budget in (1e-4, 512):  # one query row per chunk, and one chunk
-            r = evaluate_ranking(d, qp, gp, qk, gk, cmc=cmc, invalid_query_quirk=bool(seed % 2), method=method,
+        for budget, dist in ((1e-4, d), (512, d), (512, torch.from_numpy(d))):  # one row per chunk, one chunk; torch
+            r = evaluate_ranking(dist, qp, gp, qk, gk, cmc=cmc, invalid_query_quirk=bool(seed % 2), method=method,
                                  memory_budget_mb=budget)
             np.testing.assert_allclose(r.cmc * 100, ref["cmc"] * 100, atol=1e-4)
             assert r.mAP * 100 == pytest.approx(ref["mAP"] * 100, abs=1e-4)
@@ -186,17 +198,23 @@ def test_feature_callable_equals_matrix_and_torch_input():
     rng = np.random.default_rng(0)
     qf, gf = rng.normal(size=(30, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
     qp, gp = rng.integers(0, 5, 30), rng.integers(0, 5, 50)
-    full = pairwise_distance(qf, gf)
+    full = pairwise_distance(qf, gf)  # NumPy in, NumPy out
+    full_t = pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf))  # torch in, torch out
+    assert isinstance(full, np.ndarray) and isinstance(full_t, torch.Tensor)
     # normalised features: d = sqrt(2 - 2 cos)
     qn = qf / np.linalg.norm(qf, axis=1, keepdims=True)
     gn = gf / np.linalg.norm(gf, axis=1, keepdims=True)
-    np.testing.assert_allclose(full.numpy(), np.sqrt(np.maximum(2 - 2 * qn @ gn.T, 0)), atol=1e-5)
+    expected = np.sqrt(np.maximum(2 - 2 * qn.astype(np.float64) @ gn.T, 0))
+    np.testing.assert_allclose(full, expected, atol=1e-5)
+    np.testing.assert_allclose(full_t.numpy(), expected, atol=1e-5)
     a = evaluate_ranking(feature_distance_fn(qf, gf, device="cpu"), qp, gp, memory_budget_mb=0.01)
     b = evaluate_ranking(full, qp, gp)
-    c = evaluate_ranking(full.numpy(), torch.from_numpy(qp), gp)
-    for x in (b, c):
+    c = evaluate_ranking(full, torch.from_numpy(qp), gp)
+    d = evaluate_ranking(feature_distance_fn(torch.from_numpy(qf), torch.from_numpy(gf)), qp, gp,
+                         memory_budget_mb=0.01)
+    for x in (b, c, d):
         np.testing.assert_array_equal(a.rank, x.rank)
-        assert a.mAP == x.mAP
+        assert a.mAP == pytest.approx(x.mAP, abs=1e-12)
 
 
 def test_bad_inputs_raise_one_line_errors():

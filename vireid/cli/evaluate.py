@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from dataclasses import replace
 
 NAME = "evaluate"
 HELP = "Evaluate a features file (.npz) with a published protocol (Rank-k, mAP, mINP, JSON)."
@@ -25,12 +26,24 @@ EPILOG = textwrap.dedent("""\
                      trials 0..N-1; --mode all|indoor; single-shot only
       sysu-official  SYSU-MM01 galleries from exp/rand_perm_cam.mat (needs --dataset-root); --shots 1|10
       regdb          RegDB: give one .npz per trial (e.g. trial1.npz ... trial10.npz): per-trial rows + mean
-      sysu-mm02      SYSU-MM02 one split; --direction v2i|i2v
-      llcm           LLCM: all query-modality images vs one random image per (id, camera); --direction v2i|i2v
+      sysu-mm02      SYSU-MM02 one split; --direction v2i|i2v|both
+      llcm           LLCM: all query-modality images vs one random image per (id, camera); --direction v2i|i2v|both
+
+    CMC: each protocol's published flavour by default (--cmc auto): identity-level for sysu, sysu-official,
+    sysu-mm02 and llcm, standard for regdb. --cmc identity|standard overrides it; AML's code (wuancong/CMAM,
+    get_unique) counts RegDB and SYSU-MM02 at identity level: --cmc identity --direction both.
+
+    re-ranking: --rerank applies k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3) in the float16 arithmetic of
+    the published reference (reid-strong-baseline re_ranking), which published "+re-ranking" numbers carry;
+    --rerank-precision float32 keeps V and the Jaccard distance in float32 instead.
+
+    The evaluation runs on the CPU with NumPy (torch is not loaded); --device cuda computes distances on a GPU.
 
     examples:
       vireid evaluate feats.npz --protocol sysu --mode indoor --json out/sysu_indoor.json --plot
       vireid evaluate regdb_t*.npz --protocol regdb --direction i2v --json out/regdb_i2v.json
+      vireid evaluate regdb_t*.npz --protocol regdb --cmc identity --direction both --json out/regdb_aml.json
+      vireid evaluate regdb_t1.npz --protocol regdb --rerank --rerank-precision float32
     """)
 
 
@@ -47,16 +60,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sysu-official: gallery images per (id, camera) (default: 1)")
     parser.add_argument("--trials", type=int, default=None, metavar="N",
                         help="trials/runs to average (default: 10; regdb: the number of files; sysu-mm02: 1)")
-    parser.add_argument("--direction", choices=("v2i", "i2v"), default=None,
-                        help="v2i = visible queries vs infrared gallery, i2v = the reverse (default: v2i; "
-                             "sysu/sysu-official are always i2v)")
+    parser.add_argument("--direction", choices=("v2i", "i2v", "both"), default=None,
+                        help="v2i = visible queries vs infrared gallery, i2v = the reverse, both = each in one run, "
+                             "reported per direction (default: v2i; sysu/sysu-official are always i2v)")
+    parser.add_argument("--cmc", choices=("auto", "standard", "identity"), default="auto",
+                        help="CMC flavour: auto = the protocol's published one (default), or override it")
     parser.add_argument("--dataset-root", default=None, metavar="DIR",
                         help="dataset folder; needed by sysu-official (exp/rand_perm_cam.mat); for sysu/llcm it "
                              "also restricts to the listed test ids and checks the file holds every test image")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
+    parser.add_argument("--rerank-precision", choices=("float16", "float32"), default=None,
+                        help="arithmetic of --rerank: float16 = the published reference's (default), float32")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="write the results as JSON")
     parser.add_argument("--plot", action="store_true", help="also write the CMC curve as OUT.png next to --json")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default: NumPy, no torch), cuda, cuda:1, ... or auto (cuda when available)")
     parser.add_argument("--memory-mb", type=float, default=512.0, metavar="MB",
                         help="working-memory budget of the metric computation (default: 512)")
 
@@ -72,8 +90,10 @@ def _options(args: argparse.Namespace) -> dict[str, object]:
     sysu = p in ("sysu", "sysu-official")
     if not sysu and args.mode is not None:
         raise FeaturesError(f"--mode applies to SYSU-MM01 only (sysu, sysu-official), not to {p}")
-    if sysu and args.direction == "v2i":
-        raise FeaturesError(f"{p} is always IR queries vs RGB gallery (i2v); drop --direction v2i")
+    if sysu and args.direction in ("v2i", "both"):
+        raise FeaturesError(f"{p} is always IR queries vs RGB gallery (i2v); drop --direction {args.direction}")
+    if args.rerank_precision is not None and not args.rerank:
+        raise FeaturesError("--rerank-precision applies to re-ranking: give --rerank too")
     if p != "sysu-official" and args.shots not in (None, 1):
         hint = "; multi-shot exists only in --protocol sysu-official" if p == "sysu" else ""
         raise FeaturesError(f"--shots {args.shots} does not apply to {p}{hint}")
@@ -101,38 +121,56 @@ def _options(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
+def _device(name: str) -> str:
+    """The compute device: "cpu" stays NumPy (torch is not imported); anything else is checked with torch."""
     from vireid.errors import FeaturesError
-    from vireid.evaluation.features import load_features
-    from vireid.evaluation.protocols import build_protocol, evaluate_protocol
-    from vireid.evaluation.report import format_table, plot_cmc, summarize_trials, write_json
 
-    opts = _options(args)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    try:
+        import torch
+    except ImportError:
+        raise FeaturesError(f"--device {name} needs PyTorch, which is not installed; use --device cpu") from None
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as exc:
-        raise FeaturesError(f"--device {args.device}: not usable here ({str(exc).splitlines()[0]})") from None
+        raise FeaturesError(f"--device {name}: not usable here ({str(exc).splitlines()[0]})") from None
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vireid.evaluation.features import load_features
+    from vireid.evaluation.protocols import build_protocol, evaluate_protocol
+    from vireid.evaluation.report import (
+        format_table,
+        plot_cmc,
+        summarize_trials,
+        write_json,
+    )
+
+    opts = _options(args)
+    device = _device(args.device)
+    precision = args.rerank_precision or "float16"
 
     per_trial = []
     plan = None
-    for path in args.features:
+    for number, path in enumerate(args.features, start=1):
         fs = load_features(path)
-        plan = build_protocol(args.protocol, fs, mode=opts["mode"] or "all", shots=int(opts["shots"] or 1),
-                              trials=None if args.protocol == "regdb" else int(opts["trials"]),
-                              direction=str(opts["direction"]), dataset_root=args.dataset_root)
-        result = evaluate_protocol(fs.features, plan, rerank=args.rerank, device=device,
-                                   memory_budget_mb=args.memory_mb, progress=len(plan.trials) > 1)
+        file_plan = build_protocol(args.protocol, fs, mode=opts["mode"] or "all", shots=int(opts["shots"] or 1),
+                                   trials=None if args.protocol == "regdb" else int(opts["trials"]),
+                                   direction=str(opts["direction"]), dataset_root=args.dataset_root, cmc=args.cmc)
+        result = evaluate_protocol(fs.features, file_plan, rerank=args.rerank, rerank_precision=precision,
+                                   device=None if device == "cpu" else device, memory_budget_mb=args.memory_mb,
+                                   progress=len(file_plan.trials) > 1)
+        if args.protocol == "regdb":  # one trial (per direction) per file: number the trials 1..n by file
+            file_plan = replace(file_plan, trials=[replace(t, index=number) for t in file_plan.trials])
+        plan = file_plan if plan is None else replace(plan, trials=plan.trials + file_plan.trials)
         per_trial.extend(result.per_trial)
     assert plan is not None
-    indices = list(range(1, len(per_trial) + 1)) if args.protocol == "regdb" else None
-    summary = summarize_trials(plan, per_trial, rerank=args.rerank, trial_indices=indices)
+    summary = summarize_trials(plan, per_trial, rerank=args.rerank, rerank_precision=precision)
     print(format_table(summary))
     if args.json is not None:
         out = write_json(args.json, summary)

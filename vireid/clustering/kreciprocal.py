@@ -1,8 +1,8 @@
-"""Sparse building blocks shared by k-reciprocal re-ranking and the clustering Jaccard distance.
+"""Sparse torch building blocks of the clustering Jaccard distance (k-reciprocal encoding, SPEC 2.6).
 
-Both :func:`vireid.evaluation.rerank.k_reciprocal_rerank` (Zhong et al. 2017, SPEC 2.5) and
-:func:`vireid.clustering.jaccard_distance` (the faiss-kNN variant used by cluster-contrast style
-methods, SPEC 2.6) follow the same recipe:
+:func:`vireid.clustering.jaccard_distance` (the faiss-kNN variant used by cluster-contrast style methods) and the
+test-time re-ranking :func:`vireid.evaluation.rerank.k_reciprocal_rerank` (Zhong et al. 2017, SPEC 2.5; NumPy, in
+the published float16 arithmetic, no torch) follow the same recipe:
 
 1. exact k nearest neighbours of every sample (ordered by squared Euclidean distance, ties broken by
    the lower index, i.e. a stable argsort);
@@ -18,7 +18,8 @@ dozen non-zeros per row, and the sum of minima is computed by joining V's rows w
 (inverted index), chunked so that peak memory stays bounded.
 
 Everything numeric runs in torch on the requested device; the set logic (a few sparse boolean
-products) runs in scipy on the CPU because it is cheap (O(N k^2)).
+products, :mod:`vireid.evaluation.neighbors`, shared with the NumPy re-ranking) runs in scipy on the CPU
+because it is cheap (O(N k^2)).
 """
 
 from __future__ import annotations
@@ -29,15 +30,24 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from vireid.evaluation.neighbors import (
+    concat_ranges as _concat_ranges,
+)
+from vireid.evaluation.neighbors import (
+    expanded_reciprocal_sets,
+    half_k,
+    pattern_values,
+    query_expansion,
+)
+
 __all__ = [
-    "resolve_device",
-    "half_k",
     "blocked_knn",
     "expanded_reciprocal_sets",
+    "half_k",
+    "min_sums_symmetric_upper",
     "pattern_values",
     "query_expansion",
-    "min_sums",
-    "min_sums_symmetric_upper",
+    "resolve_device",
 ]
 
 BlockSink = Callable[[int, int, int, int, torch.Tensor], None]
@@ -50,11 +60,6 @@ def resolve_device(device: str | torch.device | None, like: object = None) -> to
     if isinstance(like, torch.Tensor):
         return like.device
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def half_k(k1: int) -> int:
-    """``round(k1 / 2)`` with NumPy's round-half-to-even, as both reference codes use ``np.around``."""
-    return int(np.around(k1 / 2.0))
 
 
 def _stable_topk_from_candidates(
@@ -164,66 +169,6 @@ def blocked_knn(
     return out_i, out_v, out_g, rowmax.cpu().numpy()
 
 
-def _neighbour_graph(nn: np.ndarray, m: int) -> sp.csr_matrix:
-    """Boolean CSR matrix with row i holding i's first m neighbours."""
-    n = nn.shape[0]
-    m = min(m, nn.shape[1])
-    cols = nn[:, :m].reshape(-1)
-    indptr = np.arange(0, n * m + 1, m, dtype=np.int64)
-    g = sp.csr_matrix((np.ones(n * m, dtype=bool), cols, indptr), shape=(n, n))
-    g.sum_duplicates()
-    return g
-
-
-def _reciprocal(nn: np.ndarray, m: int) -> sp.csr_matrix:
-    """k-reciprocal sets as a symmetric boolean CSR matrix: j in R(i) iff j in top-m(i) and i in top-m(j)."""
-    g = _neighbour_graph(nn, m)
-    r = g.multiply(g.T).tocsr()
-    r.eliminate_zeros()
-    r.sort_indices()
-    return r
-
-
-def expanded_reciprocal_sets(nn: np.ndarray, n_forward: int, n_half: int) -> sp.csr_matrix:
-    """The expanded k-reciprocal set of every sample, as a boolean CSR pattern with sorted columns.
-
-    ``R(i)`` = the j among i's first ``n_forward`` neighbours that have i among their own first
-    ``n_forward``; ``R_half`` the same with ``n_half``. For every member j of R(i), R_half(j) is added when
-    ``|R_half(j) ∩ R(i)| > 2/3 |R_half(j)|`` (evaluated in float64 exactly as the references do).
-
-    Vectorised: with R and R_half symmetric, ``(R @ R_half)[i, j] = |R(i) ∩ R_half(j)|``.
-    """
-    r = _reciprocal(nn, n_forward)
-    rh = _reciprocal(nn, n_half)
-    ri = r.astype(np.int32)
-    rhi = rh.astype(np.int32)
-    counts = (ri @ rhi).multiply(ri).tocsr()  # intersection sizes at the positions of R
-    counts.eliminate_zeros()
-    half_sizes = np.diff(rhi.indptr)
-    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-    cols = counts.indices
-    keep = counts.data.astype(np.float64) > (2.0 / 3.0) * half_sizes[cols].astype(np.float64)
-    sel = sp.csr_matrix(
-        (np.ones(int(keep.sum()), dtype=np.int32), (rows[keep], cols[keep])), shape=counts.shape
-    )
-    expanded = (ri + sel @ rhi).tocsr()
-    expanded.data[:] = 1
-    expanded = expanded.astype(bool)
-    expanded.eliminate_zeros()
-    expanded.sort_indices()
-    return expanded
-
-
-def _concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of ``range(starts[t], ends[t])`` for all t, vectorised."""
-    lengths = ends - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return offsets + np.arange(total, dtype=np.int64)
-
-
 @torch.no_grad()
 def _gather_dots(x: torch.Tensor, pattern: sp.csr_matrix, max_elements: int = 1 << 23) -> np.ndarray:
     """``x_i . x_j`` for every stored (i, j) of a CSR pattern by batched mat-vec over gathered rows."""
@@ -251,60 +196,6 @@ def _gather_dots(x: torch.Tensor, pattern: sp.csr_matrix, max_elements: int = 1 
         dots = torch.bmm(gathered, x[torch.from_numpy(chunk).to(x.device)].unsqueeze(2)).squeeze(2)
         out[_concat_ranges(pattern.indptr[chunk], pattern.indptr[chunk + 1])] = dots[valid].cpu().numpy()
         a = b
-    return out
-
-
-def pattern_values(
-    pattern: sp.csr_matrix,
-    nn: np.ndarray,
-    nn_values: np.ndarray,
-    compute: Callable[[sp.csr_matrix], np.ndarray],
-) -> np.ndarray:
-    """Values of a symmetric pairwise quantity at every stored (i, j) of ``pattern``, in pattern order.
-
-    Most expanded-set pairs are already among the kNN lists (as (i, j) or, by symmetry, as (j, i)); their
-    values are looked up from ``nn_values``. The rest are computed by ``compute(missing_pattern)``.
-    """
-    n = pattern.shape[0]
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(pattern.indptr))
-    cols = pattern.indices.astype(np.int64)
-    out = np.empty(pattern.nnz, dtype=np.float32)
-    known = np.arange(n, dtype=np.int64)[:, None] * n + nn
-    order = np.argsort(known, axis=None, kind="stable")
-    keys = known.reshape(-1)[order]
-    flat_vals = nn_values.reshape(-1)[order]
-    found = np.zeros(pattern.nnz, dtype=bool)
-    for query in (rows * n + cols, cols * n + rows):
-        pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-        hit = (keys[pos] == query) & ~found
-        out[hit] = flat_vals[pos[hit]]
-        found |= hit
-    if not found.all():
-        miss = ~found
-        counts = np.bincount(rows[miss], minlength=n)
-        missing = sp.csr_matrix(
-            (np.ones(int(miss.sum()), dtype=bool), cols[miss], np.concatenate([[0], np.cumsum(counts)])),
-            shape=pattern.shape,
-        )
-        out[miss] = compute(missing)
-    return out
-
-
-def query_expansion(v: sp.csr_matrix, nn: np.ndarray, k2: int) -> sp.csr_matrix:
-    """Local query expansion: row i becomes the mean of the rows of i's first k2 neighbours (float32).
-
-    ``k2 == 1`` leaves V unchanged, as the references skip the step then.
-    """
-    if k2 == 1:
-        return v
-    n = v.shape[0]
-    k2 = min(k2, nn.shape[1])
-    cols = nn[:, :k2].reshape(-1)
-    indptr = np.arange(0, n * k2 + 1, k2, dtype=np.int64)
-    p = sp.csr_matrix((np.ones(n * k2, dtype=np.float32), cols, indptr), shape=(n, n))
-    out = (p @ v).tocsr()
-    out.data /= np.float32(k2)
-    out.sort_indices()
     return out
 
 
@@ -352,45 +243,6 @@ def _chunks(weights: np.ndarray, max_rows: int, max_pairs: int) -> Iterator[tupl
 
 
 @torch.no_grad()
-def min_sums(
-    v: sp.csr_matrix,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    *,
-    device: torch.device,
-    max_pairs: int = 1 << 23,
-    max_buffer: int = 1 << 22,
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield ``(r0, r1, S)`` with ``S[a, b] = sum_k min(V[rows[r0 + a], k], V[cols[b], k])`` (float32).
-
-    The Jaccard numerator of the references, computed through an inverted index: every stored ``V[i, k]``
-    of a query row meets the stored entries of column k among the ``cols`` rows, so the work is the number
-    of co-occurring pairs, not N^2. Chunks hold at most ``max_pairs`` meetings and ``max_buffer`` outputs.
-    """
-    vr = v[rows].tocsr()
-    vr.sort_indices()
-    vc = v[cols].tocsc()
-    vc.sort_indices()
-    ncols = len(cols)
-    colcount = np.diff(vc.indptr)
-    row_pairs = np.add.reduceat(colcount[vr.indices], vr.indptr[:-1]) if vr.nnz else np.zeros(len(rows))
-    row_pairs = np.where(np.diff(vr.indptr) > 0, row_pairs, 0)
-    col_ptr = torch.from_numpy(vc.indptr.astype(np.int64)).to(device)
-    col_rows = torch.from_numpy(vc.indices.astype(np.int64)).to(device)
-    col_vals = torch.from_numpy(vc.data.astype(np.float32)).to(device)
-    for r0, r1 in _chunks(row_pairs, max(1, max_buffer // max(ncols, 1)), max_pairs):
-        e0, e1 = vr.indptr[r0], vr.indptr[r1]
-        ent_k = torch.from_numpy(vr.indices[e0:e1].astype(np.int64)).to(device)
-        ent_v = torch.from_numpy(vr.data[e0:e1].astype(np.float32)).to(device)
-        ent_row = torch.from_numpy(
-            np.repeat(np.arange(r1 - r0, dtype=np.int64), np.diff(vr.indptr[r0 : r1 + 1]))
-        ).to(device)
-        yield r0, r1, _join(
-            ent_row, ent_v, col_ptr[ent_k], col_ptr[ent_k + 1], col_rows, col_vals, r1 - r0, ncols
-        )
-
-
-@torch.no_grad()
 def min_sums_symmetric_upper(
     v: sp.csr_matrix,
     *,
@@ -398,9 +250,11 @@ def min_sums_symmetric_upper(
     max_pairs: int = 1 << 23,
     max_buffer: int = 1 << 22,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Like :func:`min_sums` over all rows and columns of V, but only for ``j >= i`` (the rest is zero).
+    """Yield ``(r0, r1, S)`` with ``S[a, j] = sum_k min(V[r0 + a, k], V[j, k])`` (float32) for ``j >= r0 + a``
+    (the rest is zero).
 
-    S is symmetric, so half the meetings suffice: with each column's rows sorted, the partners j >= i of a
+    The Jaccard numerator, computed through an inverted index: every stored ``V[i, k]`` meets the stored entries
+    of column k, so the work is the number of co-occurring pairs, not N^2. S is symmetric, so half the meetings suffice: with each column's rows sorted, the partners j >= i of a
     stored V[i, k] are the suffix of column k's list that starts at i's own entry.
     """
     n = v.shape[0]

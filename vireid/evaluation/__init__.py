@@ -7,6 +7,10 @@ The pieces, in the order data flows through them::
 
 and underneath, :func:`evaluate_ranking` (arrays in, arrays out) for any distance matrix.
 
+NumPy/SciPy only: importing this package (and evaluating a features file on the CPU, re-ranking included) does not
+import torch. Torch tensors, or a GPU ``device``, are handled by :mod:`vireid.evaluation._metrics_torch`, imported
+only then.
+
 Example::
 
     from vireid.evaluation import load_features, build_protocol, evaluate_protocol
@@ -15,7 +19,12 @@ Example::
     print(evaluate_protocol(fs.features, plan).summary()["rank1"])
 """
 
-from vireid.evaluation.features import FeatureSet, load_features, save_features, validate_features
+from vireid.evaluation.features import (
+    FeatureSet,
+    load_features,
+    save_features,
+    validate_features,
+)
 from vireid.evaluation.metrics import (
     RankingResult,
     evaluate_ranking,
@@ -35,8 +44,21 @@ from vireid.evaluation.protocols import (
 )
 
 __all__ = [
-    "FeatureSet", "load_features", "save_features", "validate_features",
-    "RankingResult", "evaluate_ranking", "feature_distance_fn", "pair_keys", "pairwise_distance",
-    "PROTOCOLS", "Pool", "ProtocolPlan", "ProtocolResult", "Trial", "build_protocol", "evaluate_protocol",
+    "PROTOCOLS",
+    "FeatureSet",
+    "Pool",
+    "ProtocolPlan",
+    "ProtocolResult",
+    "RankingResult",
+    "Trial",
+    "build_protocol",
+    "evaluate_protocol",
+    "evaluate_ranking",
+    "feature_distance_fn",
+    "load_features",
+    "pair_keys",
+    "pairwise_distance",
     "pool_from_samples",
+    "save_features",
+    "validate_features",
 ]

@@ -29,8 +29,11 @@ equal entries. The identity rank of the query is the number of distinct ids amon
 before its first match (smaller distance, or equal distance and lower column) -- usually a handful of entries.
 ``method="sort"`` implements the definitions with one full stable argsort per row instead; both are tested
 against the per-query loop of :mod:`vireid.evaluation.reference`, and "fast" measured 2-4x faster (benchmarks/).
-On CPU the value sort is NumPy's SIMD sort on row blocks in threads (several times faster than ``torch.sort``);
-on a GPU everything stays in torch.
+
+Backends: NumPy arrays (and callables returning them) are evaluated with NumPy on the CPU -- the value sort runs on
+row blocks in threads, the binary search is one ``searchsorted`` over the block's rows laid end to end as int64
+keys. This module does not import torch. Torch tensors, or a non-CPU ``device`` (a GPU), go to the same steps in
+torch (:mod:`vireid.evaluation._metrics_torch`, imported only then).
 
 Several trials with the same queries (SYSU-MM01's ten galleries drawn from one test pool): :func:`evaluate_trials`
 takes the queries x union-of-galleries distances and each trial's gallery columns. Its union path sorts each query's
@@ -47,29 +50,35 @@ at the last rank stays found -- instead of being truncated as the reference code
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
-import torch
 
 from vireid.errors import FeaturesError
 
+if TYPE_CHECKING:
+    import torch
+
 CmcKind = Literal["standard", "identity"]
 Method = Literal["fast", "sort"]
-DistanceChunkFn = Callable[[int, int], "torch.Tensor | np.ndarray"]
-DistanceInput = Union[np.ndarray, torch.Tensor, DistanceChunkFn]
+DistanceChunkFn = Callable[[int, int], Any]
+DistanceInput = Union[np.ndarray, "torch.Tensor", DistanceChunkFn]
+DeviceLike = Union[str, "torch.device", None]
 
 __all__ = [
     "RankingResult",
     "evaluate_ranking",
     "evaluate_trials",
-    "pairwise_distance",
     "feature_distance_fn",
     "l2_normalize",
     "pair_keys",
+    "pairwise_distance",
+    "prepare_gallery",
 ]
 
 
@@ -124,73 +133,111 @@ class RankingResult:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# backends
+
+
+def is_tensor(x: object) -> bool:
+    """Whether ``x`` is a torch tensor -- answered without importing torch (no tensor exists unless it is loaded)."""
+    torch_mod = sys.modules.get("torch")
+    return torch_mod is not None and isinstance(x, torch_mod.Tensor)
+
+
+def _on_accelerator(device: DeviceLike) -> bool:
+    """A device other than the CPU was asked for (the torch backend computes there)."""
+    return device is not None and str(device).split(":")[0] != "cpu"
+
+
+def _num_threads() -> int:
+    """CPU threads for the NumPy block loops: OMP_NUM_THREADS when set, else the CPUs this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # distances
 
 
-def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Row-wise L2 normalisation (a zero row stays zero instead of becoming NaN)."""
-    return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
+def l2_normalize(x: Any, eps: float = 1e-12) -> Any:
+    """Row-wise L2 normalisation (a zero row stays zero instead of becoming NaN); NumPy in, NumPy out (float32).
 
+    A torch tensor is normalised in torch on its device. The NumPy formula is the one the re-ranking reference uses
+    (``x / max(||x||, eps)``), so both see bit-identical unit vectors.
+    """
+    if is_tensor(x):
+        from vireid.evaluation._metrics_torch import l2_normalize_torch
 
-def _as_tensor(x: np.ndarray | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-    return t.to(device) if device is not None else t
+        return l2_normalize_torch(x, eps)
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(eps))
 
 
 def feature_distance_fn(
-    query_features: np.ndarray | torch.Tensor,
-    gallery_features: np.ndarray | torch.Tensor,
+    query_features: Any,
+    gallery_features: Any,
     *,
     normalize: bool = True,
-    device: str | torch.device | None = None,
+    device: DeviceLike = None,
 ) -> DistanceChunkFn:
     """A chunk callable ``f(start, stop) -> [stop-start, G]`` of Euclidean distances between the features.
 
     With ``normalize`` the features are L2-normalised first, so the distance is ``sqrt(max(2 - 2 cos, 0))`` (the
     same ranking as cosine similarity). Nothing of size Q x G is allocated here; :func:`evaluate_ranking` asks for
-    as many query rows at a time as its memory budget allows.
+    as many query rows at a time as its memory budget allows. NumPy features give NumPy float32 rows; torch tensors
+    or a non-CPU ``device`` give torch rows computed on that device.
     """
-    dev = torch.device(device) if device is not None else None
-    qf = _as_tensor(query_features, dev).float()
-    gf = _as_tensor(gallery_features, dev).float()
+    if is_tensor(query_features) or is_tensor(gallery_features) or _on_accelerator(device):
+        from vireid.evaluation._metrics_torch import feature_distance_fn_torch
+
+        return feature_distance_fn_torch(query_features, gallery_features, normalize=normalize, device=device)
+    qf = np.ascontiguousarray(query_features, dtype=np.float32)
+    gf = np.ascontiguousarray(gallery_features, dtype=np.float32)
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise FeaturesError(
             f"query features {tuple(qf.shape)} and gallery features {tuple(gf.shape)} must be 2-D with the same "
             "feature dimension"
         )
     for name, f in (("query", qf), ("gallery", gf)):
-        if not bool(torch.isfinite(f).all()):
-            bad = int((~torch.isfinite(f).all(1)).sum())
-            raise FeaturesError(f"{name} features have NaN or infinite values in {bad} rows; expected finite numbers")
+        finite = np.isfinite(f).all(1)
+        if not finite.all():
+            raise FeaturesError(f"{name} features have NaN or infinite values in {int((~finite).sum())} rows; "
+                                "expected finite numbers")
     if normalize:
         qf, gf = l2_normalize(qf), l2_normalize(gf)
-        gsq = None
+        qsq = gsq = None
     else:
-        gsq = (gf * gf).sum(1)
-    gt = gf.t()  # a view: BLAS reads it transposed, no copy
+        qsq, gsq = np.einsum("ij,ij->i", qf, qf), np.einsum("ij,ij->i", gf, gf)
+    gt = gf.T  # a view: BLAS reads it transposed, no copy
 
-    def chunk(start: int, stop: int) -> torch.Tensor:
-        q = qf[start:stop]
-        if gsq is None:
-            d = torch.addmm(torch.full((1,), 2.0, device=q.device, dtype=q.dtype), q, gt, alpha=-2.0)
+    def chunk(start: int, stop: int) -> np.ndarray:
+        d = qf[start:stop] @ gt
+        d *= np.float32(-2.0)
+        if qsq is None or gsq is None:
+            d += np.float32(2.0)
         else:
-            d = torch.addmm(gsq[None, :], q, gt, alpha=-2.0).add_((q * q).sum(1, keepdim=True))
-        return d.clamp_(min=0.0).sqrt_()
+            d += gsq[None, :]
+            d += qsq[start:stop, None]
+        np.maximum(d, np.float32(0.0), out=d)
+        return np.sqrt(d, out=d)
 
     chunk.shape = (qf.shape[0], gf.shape[0])  # type: ignore[attr-defined]
-    # fresh, finite (features are checked by the caller), >= +0.0 tensors: evaluate_ranking may skip its checks
+    # fresh, finite (features are checked above), >= +0.0 arrays: evaluate_ranking may skip its checks
     chunk.fresh_finite = True  # type: ignore[attr-defined]
     return chunk
 
 
 def pairwise_distance(
-    query_features: np.ndarray | torch.Tensor,
-    gallery_features: np.ndarray | torch.Tensor,
+    query_features: Any,
+    gallery_features: Any,
     *,
     normalize: bool = True,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """The full [Q, G] distance matrix of :func:`feature_distance_fn` (float32 tensor)."""
+    device: DeviceLike = None,
+) -> Any:
+    """The full [Q, G] distance matrix of :func:`feature_distance_fn` (float32; NumPy, or torch for tensor input)."""
     fn = feature_distance_fn(query_features, gallery_features, normalize=normalize, device=device)
     q, _ = fn.shape  # type: ignore[attr-defined]
     return fn(0, q)
@@ -208,46 +255,65 @@ def pair_keys(*columns: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# ranking
+# ranking (NumPy backend)
 
 
-def _sort_rows(x: torch.Tensor) -> torch.Tensor:
-    """Ascending sort of each row's values (indices not needed).
+def _sort_rows(x: np.ndarray) -> np.ndarray:
+    """Ascending sort of each row's values (a new array): NumPy's SIMD sort on row blocks in parallel threads.
 
-    CPU: NumPy's SIMD quicksort on row blocks in parallel threads (NumPy releases the GIL); it is several times faster
-    than ``torch.sort`` for float32 rows. Values only, so stability is irrelevant. GPU: ``torch.sort``.
+    NumPy releases the GIL while sorting, so blocks of rows sort in parallel. Values only: stability is irrelevant.
     """
-    if x.device.type != "cpu":
-        return torch.sort(x, dim=1).values
-    out = x.numpy().copy()
-    n_threads = max(1, min(torch.get_num_threads(), out.shape[0]))
+    out = x.copy()
+    n_threads = max(1, min(_num_threads(), out.shape[0]))
     if n_threads == 1 or out.size < 200_000:
         out.sort(axis=1)
-    else:
-        bounds = np.linspace(0, out.shape[0], n_threads + 1).astype(int)
+        return out
+    bounds = np.linspace(0, out.shape[0], n_threads + 1).astype(int)
 
-        def work(i: int) -> None:
-            out[bounds[i]:bounds[i + 1]].sort(axis=1)
+    def work(i: int) -> None:
+        out[bounds[i]:bounds[i + 1]].sort(axis=1)
 
-        with ThreadPoolExecutor(n_threads) as pool:
-            list(pool.map(work, range(n_threads)))
-    return torch.from_numpy(out)
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(work, range(n_threads)))
+    return out
+
+
+def _order_keys32(x: np.ndarray) -> np.ndarray:
+    """int64 keys in the order of the float32 values: equal keys for equal values (-0.0 and +0.0 too)."""
+    bits = x.view(np.int32).astype(np.int64)
+    return np.where(bits < 0, (bits ^ 0x7FFFFFFF) + 1, bits)  # -0.0 -> 0, like +0.0
+
+
+def _rowwise_searchsorted(s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``left[r, k] = searchsorted(s[r], t[r, k], 'left')`` for every row of sorted ``s`` at once.
+
+    float32: the rows are laid end to end as int64 keys ``row << 32 | order bits`` (one sorted array, one search);
+    other dtypes (float64): row by row.
+    """
+    c, G = s.shape
+    if s.dtype == np.float32 and t.dtype == np.float32:
+        base = np.arange(c, dtype=np.int64)[:, None] << 32
+        flat = (_order_keys32(s) + base).reshape(-1)
+        pos = np.searchsorted(flat, (_order_keys32(t) + base).reshape(-1), side="left").reshape(t.shape)
+        return pos - np.arange(c, dtype=np.int64)[:, None] * G
+    return np.stack([np.searchsorted(s[r], t[r], side="left") for r in range(c)]).reshape(t.shape).astype(np.int64)
 
 
 @dataclass
-class _Prepared:
-    """Per-gallery lookups shared by all query chunks (all tensors on the compute device)."""
+class GalleryIndex:
+    """Per-gallery lookups shared by all query chunks (NumPy arrays)."""
 
-    g_idx: torch.Tensor  # [G] gallery pid -> 0..n_ids-1
+    g_idx: np.ndarray  # [G] gallery pid -> 0..n_ids-1
     n_ids: int
-    id_cols: torch.Tensor  # [n_ids, M] gallery columns of each id, padded with G
-    g_key: torch.Tensor | None  # [G] removal keys or None (nothing can be removed)
+    id_cols: np.ndarray  # [n_ids, M] gallery columns of each id, ascending, padded with G
+    g_key: np.ndarray | None  # [G] removal keys or None (nothing can be removed)
 
 
-def _prepare(g_pids: np.ndarray, g_keys: np.ndarray | None, q_keys: np.ndarray | None,
-             device: torch.device) -> tuple[_Prepared, np.ndarray]:
+def prepare_gallery(g_pids: np.ndarray, g_keys: np.ndarray | None, q_keys: np.ndarray | None
+                    ) -> tuple[GalleryIndex, np.ndarray]:
+    """The :class:`GalleryIndex` of a gallery and its sorted distinct pids (shared by both backends)."""
     uniq, g_idx = np.unique(g_pids, return_inverse=True)
-    g_idx = g_idx.reshape(-1)
+    g_idx = g_idx.reshape(-1).astype(np.int64)
     n_ids, G = len(uniq), len(g_pids)
     counts = np.bincount(g_idx, minlength=n_ids)
     m = int(counts.max()) if n_ids else 0
@@ -256,125 +322,135 @@ def _prepare(g_pids: np.ndarray, g_keys: np.ndarray | None, q_keys: np.ndarray |
     id_cols = np.full((n_ids, max(m, 1)), G, dtype=np.int64)
     within = np.arange(G) - np.repeat(starts, counts)
     id_cols[g_idx[order], within] = order
-    g_key_t = None
+    g_key = None
     if g_keys is not None and q_keys is not None and np.intersect1d(g_keys, q_keys).size:
-        g_key_t = torch.from_numpy(g_keys).to(device)
-    prep = _Prepared(torch.from_numpy(g_idx.astype(np.int64)).to(device), n_ids,
-                     torch.from_numpy(id_cols).to(device), g_key_t)
-    return prep, uniq
+        g_key = np.asarray(g_keys, dtype=np.int64)
+    return GalleryIndex(g_idx, n_ids, id_cols, g_key), uniq
 
 
-def _rows_sorted(d: torch.Tensor, removed: torch.Tensor | None, q_idx: torch.Tensor, prep: _Prepared
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+RowMetrics = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _rows_sorted(d: np.ndarray, removed: np.ndarray | None, q_idx: np.ndarray, prep: GalleryIndex) -> RowMetrics:
     """Exact metrics of a block of rows from a full stable argsort: the SPEC definitions, vectorised.
 
-    Returns (first-match rank, identity rank, AP, INP, number of matches), ranks -1 for invalid rows.
+    Returns (first-match rank, identity rank, AP, INP), ranks -1 and AP/INP NaN for invalid rows.
     """
-    c, G = d.shape
-    order = torch.sort(d, dim=1, stable=True).indices
+    c = d.shape[0]
+    order = np.argsort(d, axis=1, kind="stable")
     gp = prep.g_idx[order]
-    kept = torch.ones_like(gp, dtype=torch.bool) if removed is None else ~removed.gather(1, order)
+    kept = np.ones_like(gp, dtype=bool) if removed is None else ~np.take_along_axis(removed, order, 1)
     match = (gp == q_idx[:, None]) & kept
-    pos = kept.to(torch.int64).cumsum(1) - 1  # 0-based rank within the kept list
+    pos = np.cumsum(kept, axis=1, dtype=np.int64) - 1  # 0-based rank within the kept list
     n = match.sum(1)
     valid = n > 0
-    big = torch.iinfo(torch.int64).max
-    first = torch.where(match, pos, big).amin(1)
-    last = torch.where(match, pos, -1).amax(1)
-    cm = match.to(torch.float64).cumsum(1)
-    ap_sum = torch.where(match, cm / (pos + 1).to(torch.float64), 0.0).sum(1)
-    nf = n.to(torch.float64)
-    ap = torch.where(valid, ap_sum / nf.clamp_min(1), float("nan"))
-    inp = torch.where(valid, nf / (last + 1).clamp_min(1).to(torch.float64), float("nan"))
+    first = np.where(match, pos, np.iinfo(np.int64).max).min(1)
+    last = np.where(match, pos, -1).max(1)
+    cm = np.cumsum(match, axis=1, dtype=np.float64)
+    ap_sum = np.where(match, cm / np.maximum(pos + 1, 1), 0.0).sum(1)
+    ap = np.where(valid, ap_sum / np.maximum(n, 1), np.nan)
+    inp = np.where(valid, n / np.maximum(last + 1, 1), np.nan)
     # identity rank: distinct other ids among kept entries ranked before the first match
     before = kept & (pos < first[:, None]) & (gp != q_idx[:, None])
-    seen = torch.zeros((c, prep.n_ids), dtype=torch.uint8, device=d.device)
-    seen.scatter_reduce_(1, gp, before.to(torch.uint8), reduce="amax")
-    id_rank = seen.sum(1)
-    first = torch.where(valid, first, -1)
-    id_rank = torch.where(valid, id_rank, -1)
-    return first, id_rank, ap, inp, n
+    seen = np.zeros((c, max(prep.n_ids, 1)), dtype=bool)
+    rr, cc = np.nonzero(before)
+    seen[rr, gp[rr, cc]] = True
+    id_rank = seen.sum(1).astype(np.int64)
+    return np.where(valid, first, -1), np.where(valid, id_rank, -1), ap, inp
 
 
-def _rows_fast(d: torch.Tensor, removed: torch.Tensor | None, q_idx: torch.Tensor, prep: _Prepared,
-               need_identity: bool
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rows_fast(d: np.ndarray, removed: np.ndarray | None, q_idx: np.ndarray, prep: GalleryIndex,
+               need_identity: bool) -> RowMetrics:
     """Same outputs as :func:`_rows_sorted`, from a value sort + binary search, ties corrected exactly.
 
     A match at gallery column ``j`` with distance ``t`` sits at kept rank ``#{kept l: d_l < t}`` plus
     ``#{kept l: d_l == t, l < j}`` (stable order). The first term is a binary search in the sorted values; the second
     is only computed for the (row, match) pairs whose value occurs more than once in the row. ``d`` is modified in
-    place (removed entries become +inf): callers pass a private copy.
+    place (removed entries become +inf): callers pass a private copy without -0.0.
     """
     c, G = d.shape
-    dev = d.device
-    dk = d if removed is None else d.masked_fill_(removed, float("inf"))
+    dk = d
+    if removed is not None:
+        dk[removed] = np.inf
     has_id = q_idx >= 0
-    cols = prep.id_cols[q_idx.clamp_min(0)]  # [c, M], ascending columns, padded with G
+    cols = prep.id_cols[np.maximum(q_idx, 0)]  # [c, M], ascending columns, padded with G
     col_ok = (cols < G) & has_id[:, None]
-    cols_c = cols.clamp_max(G - 1)
-    md = dk.gather(1, cols_c).masked_fill_(~col_ok, float("inf"))
-    t, perm = torch.sort(md, dim=1, stable=True)  # by (distance, column): the stable order of the matches
-    tcol = cols_c.gather(1, perm)
-    finite = torch.isfinite(t)
+    cols_c = np.minimum(cols, G - 1)
+    md = np.take_along_axis(dk, cols_c, 1)
+    md[~col_ok] = np.inf
+    perm = np.argsort(md, axis=1, kind="stable")  # by (distance, column): the stable order of the matches
+    t = np.take_along_axis(md, perm, 1)
+    tcol = np.take_along_axis(cols_c, perm, 1)
+    finite = np.isfinite(t)
     n = finite.sum(1)
     valid = n > 0
     s = _sort_rows(dk)
-    left = torch.searchsorted(s, t, side="left")
+    left = _rowwise_searchsorted(s, t)
     # s[left] is t itself (or an equal value); t is tied with another kept entry iff the next value is equal too
-    nxt = s.gather(1, (left + 1).clamp_max(G - 1))
+    nxt = np.take_along_axis(s, np.minimum(left + 1, G - 1), 1)
     tied = (nxt == t) & (left + 1 < G) & finite
     rank = left
-    if bool(tied.any()):
-        rank = left.clone()
-        pr, pk = tied.nonzero(as_tuple=True)
-        step = max(1, (64 << 20) // (4 * G + 1))
-        for a in range(0, pr.numel(), step):
-            r, k = pr[a:a + step], pk[a:a + step]
-            # the few entries equal to each tied match distance, as (pair, column); count those before the match
-            pair, col = (dk[r] == t[r, k][:, None]).nonzero(as_tuple=True)
-            before = col < tcol[r, k][pair]
-            rank[r, k] += torch.bincount(pair[before], minlength=r.numel())
+    pr, pk = np.nonzero(tied)
+    step = max(1, (64 << 20) // (G + 1))
+    for a in range(0, pr.size, step):
+        r, k = pr[a:a + step], pk[a:a + step]
+        # the few entries equal to each tied match distance, before the match's column: counted per pair
+        eq = (dk[r] == t[r, k][:, None]) & (np.arange(G)[None, :] < tcol[r, k][:, None])
+        rank[r, k] += eq.sum(1)
+    id_rank = rank[:, 0]
     if need_identity:
         # identity rank = number of distinct ids among the kept entries ranked before the first match: those with
         # a smaller distance, plus (ties) those with the same distance and a lower column. The query's own id never
-        # qualifies, and removed entries are +inf. Only the entries before the first match are touched.
-        # rows whose first match is at kept rank 0 have identity rank 0: only the others are scanned
-        need = (valid & (rank[:, 0] > 0)).nonzero()[:, 0]
-        id_rank = torch.zeros(c, dtype=torch.int64, device=dev)
-        if need.numel():
-            sub = dk[need] if need.numel() < c else dk
+        # qualifies, and removed entries are +inf. Rows whose first match is at kept rank 0 have identity rank 0.
+        need = np.nonzero(valid & (rank[:, 0] > 0))[0]
+        id_rank = np.zeros(c, dtype=np.int64)
+        if need.size:
+            sub = dk[need]
             t0, j0 = t[need, :1], tcol[need, :1]
             before = sub < t0
-            tie0 = tied[need, 0]
-            if bool(tie0.any()):
-                rows = tie0.nonzero()[:, 0]
-                cols_idx = torch.arange(G, device=dev)
-                before[rows] |= (sub[rows] == t0[rows]) & (cols_idx[None, :] < j0[rows])
-            r_b, c_b = before.nonzero(as_tuple=True)
-            code = torch.unique(r_b * prep.n_ids + prep.g_idx[c_b])
-            id_rank[need] = torch.bincount(code // prep.n_ids, minlength=need.numel())
-    k1 = torch.arange(1, t.shape[1] + 1, device=dev, dtype=torch.float64)
-    ap = torch.where(finite, k1 / (rank + 1).to(torch.float64), 0.0).sum(1) / n.clamp_min(1).to(torch.float64)
-    last = rank.gather(1, (n - 1).clamp_min(0)[:, None])[:, 0]
-    inp = n.to(torch.float64) / (last + 1).to(torch.float64)
-    first_rank = rank[:, 0]
-    if not need_identity:
-        id_rank = first_rank
-    nan = float("nan")
-    return (torch.where(valid, first_rank, -1), torch.where(valid, id_rank, -1),
-            torch.where(valid, ap, nan), torch.where(valid, inp, nan), n)
+            tie_rows = np.nonzero(tied[need, 0])[0]
+            if tie_rows.size:
+                before[tie_rows] |= (sub[tie_rows] == t0[tie_rows]) & (np.arange(G)[None, :] < j0[tie_rows])
+            r_b, c_b = np.nonzero(before)
+            code = np.unique(r_b * prep.n_ids + prep.g_idx[c_b])
+            id_rank[need] = np.bincount(code // prep.n_ids, minlength=need.size)
+    k1 = np.arange(1, t.shape[1] + 1, dtype=np.float64)
+    ap = np.where(finite, k1 / (rank + 1), 0.0).sum(1) / np.maximum(n, 1)
+    last = np.take_along_axis(rank, np.maximum(n - 1, 0)[:, None], 1)[:, 0]
+    inp = n / (last + 1)
+    return (np.where(valid, rank[:, 0], -1), np.where(valid, id_rank, -1), np.where(valid, ap, np.nan),
+            np.where(valid, inp, np.nan))
 
 
-def _check_ids(name: str, a: np.ndarray | torch.Tensor | None, n: int) -> np.ndarray | None:
+def _check_ids(name: str, a: Any, n: int) -> np.ndarray | None:
     if a is None:
         return None
-    arr = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    arr = a.detach().cpu().numpy() if is_tensor(a) else np.asarray(a)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise FeaturesError(f"{name} must be a 1-D array of length {n}, got shape {arr.shape}")
     if arr.dtype.kind not in "iu":
         raise FeaturesError(f"{name} must hold integers, got dtype {arr.dtype}")
     return arr.astype(np.int64)
+
+
+def _numpy_of(x: Any) -> np.ndarray:
+    """A NumPy array of ``x``; a tensor is copied to the CPU (float16/bfloat16 upcast to float32, exact)."""
+    if is_tensor(x):
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.itemsize < 4:
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _as_float_array(d: Any) -> np.ndarray:
+    """A NumPy float32/float64 view or copy of a distance block (integers -> float64; float16 -> float32, exact)."""
+    arr = np.asarray(d)
+    if arr.dtype.kind != "f":
+        return arr.astype(np.float64)
+    if arr.dtype not in (np.float32, np.float64):
+        return arr.astype(np.float32)  # float16 -> float32 is exact: same order, same ties
+    return arr
 
 
 def evaluate_ranking(
@@ -388,7 +464,7 @@ def evaluate_ranking(
     invalid_query_quirk: bool = False,
     max_rank: int = 20,
     memory_budget_mb: float = 512.0,
-    device: str | torch.device | None = None,
+    device: DeviceLike = None,
     method: Method = "fast",
     num_gallery: int | None = None,
 ) -> RankingResult:
@@ -406,7 +482,8 @@ def evaluate_ranking(
             the same curve as ignoring invalid queries; the flag documents that the procedure is the reference's.
         max_rank: CMC length (padded with the last value when the gallery is shorter).
         memory_budget_mb: approximate cap on the working memory of one chunk of query rows.
-        device: where to compute ("cpu", "cuda", ...); default: where ``distances`` lives.
+        device: where to compute: None or "cpu" with NumPy distances = NumPy on the CPU; torch distances, or a
+            non-CPU device ("cuda", ...), are computed in torch (there, or where the tensors live).
         method: "fast" (value sort + binary search, ties corrected exactly) or "sort" (full stable argsort).
         num_gallery: gallery size to report, when ``distances`` is a column selection of a larger pool.
 
@@ -417,24 +494,23 @@ def evaluate_ranking(
         raise ValueError(f"cmc must be 'standard' or 'identity', got {cmc!r}")
     if method not in ("fast", "sort"):
         raise ValueError(f"method must be 'fast' or 'sort', got {method!r}")
-    if callable(distances) and not isinstance(distances, (np.ndarray, torch.Tensor)):
+    if callable(distances) and not isinstance(distances, np.ndarray) and not is_tensor(distances):
         shape = getattr(distances, "shape", None)
         if shape is None:
             raise TypeError("a distance callable must carry .shape = (num_query, num_gallery)")
         Q, G = int(shape[0]), int(shape[1])
-        fn = distances
+        fn: Callable[[int, int], Any] = distances
+        use_torch = _on_accelerator(device) or is_tensor(fn(0, 1) if Q and G else None)
     else:
-        dmat = distances if isinstance(distances, torch.Tensor) else torch.from_numpy(np.asarray(distances))
+        dmat: Any = distances if is_tensor(distances) else np.asarray(distances)
         if dmat.ndim != 2:
             raise FeaturesError(f"distance matrix must be 2-D [num_query, num_gallery], got shape {tuple(dmat.shape)}")
-        if not dmat.is_floating_point():
-            dmat = dmat.double()
-        Q, G = dmat.shape
+        Q, G = int(dmat.shape[0]), int(dmat.shape[1])
+        use_torch = is_tensor(dmat) or _on_accelerator(device)
 
-        def fn(a: int, b: int) -> torch.Tensor:
+        def fn(a: int, b: int) -> Any:
             return dmat[a:b]
 
-    dev = torch.device(device) if device is not None else None
     q_pids = _check_ids("query pids", query_pids, Q)
     g_pids = _check_ids("gallery pids", gallery_pids, G)
     q_keys = _check_ids("query removal keys", query_remove_keys, Q)
@@ -443,52 +519,48 @@ def evaluate_ranking(
         raise ValueError("give both query and gallery removal keys, or neither")
     if Q == 0 or G == 0:
         raise FeaturesError(f"empty query set or gallery (Q={Q}, G={G}): nothing to evaluate")
+    assert q_pids is not None and g_pids is not None
     trusted = bool(getattr(fn, "fresh_finite", False))
-    if dev is not None:
-        work_dev = dev
-    else:  # where the distances live
-        probe = fn(0, 1)
-        work_dev = probe.device if isinstance(probe, torch.Tensor) else torch.device("cpu")
-    prep, uniq = _prepare(g_pids, g_keys, q_keys, work_dev)
-    pos_in = np.searchsorted(uniq, q_pids)
-    pos_in = np.clip(pos_in, 0, len(uniq) - 1)
+    prep, uniq = prepare_gallery(g_pids, g_keys, q_keys)
+    pos_in = np.clip(np.searchsorted(uniq, q_pids), 0, len(uniq) - 1)
     q_idx_all = np.where(uniq[pos_in] == q_pids, pos_in, -1).astype(np.int64)
-    q_key_t = torch.from_numpy(q_keys).to(work_dev) if prep.g_key is not None else None
+    need_identity = cmc == "identity"
 
-    bytes_per_row = G * (80 if method == "sort" else 24) + prep.n_ids * 8 + 64
-    chunk = max(1, min(Q, int(memory_budget_mb * 2**20 // bytes_per_row)))
+    if use_torch:
+        from vireid.evaluation._metrics_torch import rank_chunks_torch
 
-    first = np.empty(Q, np.int64)
-    id_rank = np.empty(Q, np.int64)
-    ap = np.empty(Q, np.float64)
-    inp = np.empty(Q, np.float64)
-    for a in range(0, Q, chunk):
-        b = min(Q, a + chunk)
-        d = fn(a, b)
-        d = _as_tensor(d, work_dev)
-        if not d.is_floating_point():
-            d = d.double()
-        elif d.dtype not in (torch.float32, torch.float64):
-            d = d.float()  # float16/bfloat16 -> float32 is exact: same order, same ties
-        if tuple(d.shape) != (b - a, G):
-            raise FeaturesError(f"distance rows {a}:{b} have shape {tuple(d.shape)}, expected {(b - a, G)}")
-        if not trusted:
-            if not bool(torch.isfinite(d).all()):
-                raise FeaturesError(
-                    f"distance matrix has NaN or infinite values in query rows {a}:{b}; expected finite distances "
-                    "(check the features for NaN/inf)"
-                )
-            d = d + 0.0  # a private copy (modified in place below); also turns -0.0 into +0.0 so it ties with 0.0
-        removed = None if q_key_t is None else (q_key_t[a:b, None] == prep.g_key[None, :])
-        q_idx = torch.from_numpy(q_idx_all[a:b]).to(work_dev)
-        if method == "sort":
-            out = _rows_sorted(d, removed, q_idx, prep)
-        else:
-            out = _rows_fast(d, removed, q_idx, prep, need_identity=(cmc == "identity"))
-        for dst, src in zip((first, id_rank, ap, inp), out[:4]):
-            dst[a:b] = src.cpu().numpy()
+        first, id_rank, ap, inp = rank_chunks_torch(
+            fn, Q, G, q_idx_all, g_pids, q_keys, g_keys, device=device, method=method,
+            need_identity=need_identity, memory_budget_mb=memory_budget_mb, trusted=trusted)
+    else:
+        bytes_per_row = G * (40 if method == "sort" else 24) + prep.n_ids + 64
+        chunk = max(1, min(Q, int(memory_budget_mb * 2**20 // bytes_per_row)))
+        first = np.empty(Q, np.int64)
+        id_rank = np.empty(Q, np.int64)
+        ap = np.empty(Q, np.float64)
+        inp = np.empty(Q, np.float64)
+        for a in range(0, Q, chunk):
+            b = min(Q, a + chunk)
+            raw = fn(a, b)
+            d = _as_float_array(_numpy_of(raw))
+            if d.shape != (b - a, G):
+                raise FeaturesError(f"distance rows {a}:{b} have shape {tuple(d.shape)}, expected {(b - a, G)}")
+            if not trusted:
+                if not np.isfinite(d).all():
+                    raise FeaturesError(
+                        f"distance matrix has NaN or infinite values in query rows {a}:{b}; expected finite "
+                        "distances (check the features for NaN/inf)"
+                    )
+                d = d + d.dtype.type(0.0)  # a private copy (modified below); -0.0 becomes +0.0 (ties with 0.0)
+            removed = None if prep.g_key is None else (q_keys[a:b, None] == prep.g_key[None, :])  # type: ignore[index]
+            if method == "sort":
+                out = _rows_sorted(d, removed, q_idx_all[a:b], prep)
+            else:
+                out = _rows_fast(d, removed, q_idx_all[a:b], prep, need_identity=need_identity)
+            for dst, src in zip((first, id_rank, ap, inp), out):
+                dst[a:b] = src
 
-    rank = id_rank if cmc == "identity" else first
+    rank = id_rank if need_identity else first
     return _result(rank, ap, inp, cmc=cmc, invalid_query_quirk=invalid_query_quirk, max_rank=max_rank,
                    num_gallery=int(num_gallery if num_gallery is not None else G))
 
@@ -613,11 +685,11 @@ def _union_tables(trial_columns: Sequence[np.ndarray], tie_rank: np.ndarray, g_p
     col_of_rank = np.argsort(tie_rank)
     for t in range(T):
         packed[t // per_lane] |= member[col_of_rank, t].astype(np.uint64) << np.uint64(width * (t % per_lane))
-    prep, _ = _prepare(g_pids, g_keys, q_keys, torch.device("cpu"))
+    prep, _ = prepare_gallery(g_pids, g_keys, q_keys)
     return _UnionTables(
         tie_rank=tie_rank, col_of_rank=col_of_rank, rank_bits=max(int(U - 1).bit_length(), 1), packed=packed,
-        width=width, per_lane=per_lane, member=member, g_idx=prep.g_idx.numpy(), id_cols=prep.id_cols.numpy(),
-        n_ids=prep.n_ids, g_key=None if prep.g_key is None else prep.g_key.numpy(),
+        width=width, per_lane=per_lane, member=member, g_idx=prep.g_idx, id_cols=prep.id_cols,
+        n_ids=prep.n_ids, g_key=prep.g_key,
     )
 
 
@@ -719,7 +791,7 @@ def _rows_union(d: np.ndarray, removed: np.ndarray | None, q_idx: np.ndarray, ta
 
 
 def evaluate_trials(
-    distances: np.ndarray | torch.Tensor,
+    distances: Any,
     trial_columns: Sequence[np.ndarray],
     query_pids: np.ndarray,
     gallery_pids: np.ndarray,
@@ -741,19 +813,19 @@ def evaluate_trials(
     stable tie order, same removal rule): the SPEC 2 definitions, exactly.
 
     Args:
-        distances: [Q, U] distances of the queries to the union of the trials' galleries (NumPy or torch; computed on
-            its device).
+        distances: [Q, U] distances of the queries to the union of the trials' galleries (NumPy, or torch: a CPU
+            tensor is read as NumPy, a GPU tensor is evaluated on its device).
         trial_columns: per trial, the columns of ``distances`` that form its gallery, in the trial's gallery order
             (the order breaks distance ties).
         query_pids, gallery_pids: [Q], [U] integer identities.
         query_remove_keys, gallery_remove_keys: [Q], [U] removal keys as in :func:`evaluate_ranking`.
         cmc, invalid_query_quirk, max_rank, memory_budget_mb: as in :func:`evaluate_ranking`.
         method: "union" sorts each query's union row once and reads every trial's ranks from it (the trials overlap,
-            as SYSU-MM01's multi-shot galleries do; NumPy on the CPU, whatever the device of ``distances``);
-            "per-trial" evaluates column selections one by one with :func:`evaluate_ranking`; "auto" picks the union
-            path on the CPU when a cost model says it is cheaper. "union" falls back to "per-trial" when a trial lists
-            a column twice, no single tie order agrees with every trial's gallery order (see :func:`_tie_ranks`),
-            or the distances are float64 (no room in the sort key).
+            as SYSU-MM01's multi-shot galleries do; NumPy on the CPU); "per-trial" evaluates column selections one by
+            one with :func:`evaluate_ranking`; "auto" picks the union path when a cost model says it is cheaper.
+            "union" falls back to "per-trial" when a trial lists a column twice, no single tie order agrees with
+            every trial's gallery order (see :func:`_tie_ranks`), the distances are float64 (no room in the sort
+            key), or they are a tensor on an accelerator (evaluated there, trial by trial).
         assume_finite: the caller guarantees finite distances >= 0 (e.g. from :func:`feature_distance_fn`): skip
             the check.
         progress: a progress bar over query chunks (union) or trials (per-trial).
@@ -765,13 +837,15 @@ def evaluate_trials(
     """
     if method not in ("auto", "union", "per-trial"):
         raise ValueError(f"method must be 'auto', 'union' or 'per-trial', got {method!r}")
-    dmat = distances if isinstance(distances, torch.Tensor) else torch.from_numpy(np.asarray(distances))
+    on_accel = is_tensor(distances) and distances.device.type != "cpu"
+    if on_accel:  # stays on its device: evaluated trial by trial in torch there
+        dmat: Any = distances if distances.is_floating_point() else distances.double()
+        if dmat.dtype not in (sys.modules["torch"].float32, sys.modules["torch"].float64):
+            dmat = dmat.float()  # float16/bfloat16 -> float32 is exact: same order, same ties
+    else:
+        dmat = _as_float_array(_numpy_of(distances))
     if dmat.ndim != 2:
         raise FeaturesError(f"distance matrix must be 2-D [num_query, num_gallery], got shape {tuple(dmat.shape)}")
-    if not dmat.is_floating_point():
-        dmat = dmat.double()
-    elif dmat.dtype not in (torch.float32, torch.float64):
-        dmat = dmat.float()  # float16/bfloat16 -> float32 is exact: same order, same ties
     Q, U = dmat.shape
     q_pids = _check_ids("query pids", query_pids, Q)
     g_pids = _check_ids("gallery pids", gallery_pids, U)
@@ -789,13 +863,12 @@ def evaluate_trials(
     if not trials:
         return []
     names = list(trial_names) if trial_names is not None else [f"trial {t}" for t in range(len(trials))]
-    if not assume_finite and not bool(torch.isfinite(dmat).all()):
+    if not assume_finite and not (bool(sys.modules["torch"].isfinite(dmat).all()) if on_accel
+                                  else bool(np.isfinite(dmat).all())):
         raise FeaturesError("distance matrix has NaN or infinite values; expected finite distances "
                             "(check the features for NaN/inf)")
-    dev = dmat.device
-
     tie_rank = None
-    if method != "per-trial" and len(trials) > 1 and dmat.dtype == torch.float32 and U < 2**26:
+    if method != "per-trial" and len(trials) > 1 and dmat.dtype == np.float32 and U < 2**26:
         # cost model from CPU timings (benchmarks/bench_eval.py shapes): the union path costs about U * (1 + L / 4)
         # "per-trial elements" (one int64 sort of the row prefix up to its last match, then a gather and a running
         # sum per lane of packed counters), the per-trial path the sum of the gallery sizes. SYSU-MM01 multi-shot:
@@ -803,7 +876,7 @@ def evaluate_trials(
         # per-trial sorts are cheap and stay on the device; the union path is NumPy.
         width = max(int(max(c.size for c in trials)).bit_length(), 1)
         lanes = -(-len(trials) // max(64 // width, 1))
-        cheaper = U * (1.0 + 0.25 * lanes) < sum(c.size for c in trials) and dev.type == "cpu"
+        cheaper = U * (1.0 + 0.25 * lanes) < sum(c.size for c in trials)
         if method == "union" or cheaper:
             tie_rank = _tie_ranks(trials, np.unique(g_pids, return_inverse=True)[1].reshape(-1))
     if tie_rank is None:
@@ -812,7 +885,7 @@ def evaluate_trials(
                           memory_budget_mb=memory_budget_mb, assume_finite=assume_finite, progress=progress)
 
     tab = _union_tables(trials, tie_rank, g_pids, g_keys, q_keys)
-    d_np = dmat.cpu().numpy()
+    d_np = dmat
     uniq = np.unique(g_pids)
     pos_in = np.clip(np.searchsorted(uniq, q_pids), 0, len(uniq) - 1)
     q_idx_all = np.where(uniq[pos_in] == q_pids, pos_in, -1).astype(np.int64)
@@ -831,7 +904,7 @@ def evaluate_trials(
             dst[a:b] = src
 
     starts = range(0, Q, chunk)
-    workers = max(1, min(torch.get_num_threads(), len(starts)))
+    workers = max(1, min(_num_threads(), len(starts)))
     with ThreadPoolExecutor(workers) as pool:  # NumPy releases the GIL: blocks run in parallel
         done: Any = pool.map(block, starts)
         if progress:
@@ -847,7 +920,7 @@ def evaluate_trials(
                     where=f"{names[t]}: ") for t, cols in enumerate(trials)]
 
 
-def _per_trial(dmat: torch.Tensor, trials: list[np.ndarray], names: list[str], q_pids: np.ndarray,
+def _per_trial(dmat: Any, trials: list[np.ndarray], names: list[str], q_pids: np.ndarray,
                g_pids: np.ndarray, q_keys: np.ndarray | None, g_keys: np.ndarray | None, *, cmc: CmcKind,
                invalid_query_quirk: bool, max_rank: int, memory_budget_mb: float, assume_finite: bool,
                progress: bool) -> list[RankingResult]:
@@ -860,12 +933,14 @@ def _per_trial(dmat: torch.Tensor, trials: list[np.ndarray], names: list[str], q
         seq = tqdm(trials, desc="trials", unit="trial", leave=False, disable=None)
     results = []
     for t, cols_np in enumerate(seq):
-        cols = torch.from_numpy(cols_np).to(dmat.device)
+        if isinstance(dmat, np.ndarray):
+            def dist(a: int, b: int, cols: np.ndarray = cols_np) -> Any:
+                return np.take(dmat[a:b], cols, axis=1)
+        else:  # a tensor on an accelerator
+            cols_t = sys.modules["torch"].from_numpy(cols_np).to(dmat.device)
 
-        def dist(a: int, b: int, cols: torch.Tensor = cols) -> torch.Tensor:
-            if dmat.device.type == "cpu":  # np.take is ~2x faster than index_select along dim 1 on CPU
-                return torch.from_numpy(np.take(dmat[a:b].numpy(), cols.numpy(), axis=1))
-            return dmat[a:b].index_select(1, cols)
+            def dist(a: int, b: int, cols: Any = cols_t) -> Any:
+                return dmat[a:b].index_select(1, cols)
 
         dist.shape = (Q, cols_np.size)  # type: ignore[attr-defined]
         dist.fresh_finite = assume_finite  # type: ignore[attr-defined]
@@ -873,7 +948,7 @@ def _per_trial(dmat: torch.Tensor, trials: list[np.ndarray], names: list[str], q
             results.append(evaluate_ranking(
                 dist, q_pids, g_pids[cols_np], q_keys, None if g_keys is None else g_keys[cols_np], cmc=cmc,
                 invalid_query_quirk=invalid_query_quirk, max_rank=max_rank, memory_budget_mb=memory_budget_mb,
-                device=dmat.device,
+                device=None if isinstance(dmat, np.ndarray) else dmat.device,
             ))
         except FeaturesError as exc:
             raise FeaturesError(f"{names[t]}: {exc}") from None

@@ -33,17 +33,27 @@ import random
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import numpy as np
 
 from vireid.errors import DataError, FeaturesError
+from vireid.evaluation.metrics import (
+    evaluate_ranking,
+    evaluate_trials,
+    feature_distance_fn,
+    l2_normalize,
+    pair_keys,
+)
 
 PROTOCOLS = ("sysu", "sysu-official", "regdb", "sysu-mm02", "llcm")
 MODES = ("all", "indoor")
 DIRECTIONS = ("v2i", "i2v")
+CMC_CHOICES = ("auto", "standard", "identity")
+RERANK_PRECISIONS = ("float16", "float32")
 
 SYSU_RGB_CAMS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 SYSU_IR_CAMS = (3, 6)
@@ -51,9 +61,24 @@ SYSU_LOCATIONS = {1: 1, 2: 2, 3: 2, 4: 4, 5: 5, 6: 6}
 LLCM_CAMS = tuple(range(1, 10))
 
 __all__ = [
-    "PROTOCOLS", "Trial", "ProtocolPlan", "Pool", "pool_from_samples", "check_pool_paths", "build_protocol",
-    "sysu_agw", "sysu_official", "regdb", "sysu_mm02", "llcm", "load_rand_perm_cam", "read_id_list",
-    "ProtocolResult", "evaluate_protocol",
+    "CMC_CHOICES",
+    "PROTOCOLS",
+    "RERANK_PRECISIONS",
+    "Pool",
+    "ProtocolPlan",
+    "ProtocolResult",
+    "Trial",
+    "build_protocol",
+    "check_pool_paths",
+    "evaluate_protocol",
+    "llcm",
+    "load_rand_perm_cam",
+    "pool_from_samples",
+    "read_id_list",
+    "regdb",
+    "sysu_agw",
+    "sysu_mm02",
+    "sysu_official",
 ]
 
 
@@ -88,11 +113,16 @@ def pool_from_samples(samples: Sequence[Any], source: str = "<records>") -> Pool
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial/run: pool row indices of the queries and of the gallery, in protocol order."""
+    """One trial/run: pool row indices of the queries and of the gallery, in protocol order.
+
+    ``direction`` is set on the trials of a plan that holds both directions (``ProtocolPlan.direction == "both"``):
+    "v2i" or "i2v"; otherwise None (the plan's direction).
+    """
 
     index: int
     query: np.ndarray
     gallery: np.ndarray
+    direction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +131,9 @@ class ProtocolPlan:
 
     ``query_remove_keys`` / ``gallery_remove_keys`` are per *pool row*: gallery row j is removed for query row i when
     ``query_remove_keys[i] == gallery_remove_keys[j]`` (see :func:`vireid.evaluation.metrics.evaluate_ranking`).
+    ``cmc`` is "standard" or "identity" (the protocol's published flavour unless overridden, see
+    :func:`build_protocol`). ``direction`` is "v2i", "i2v" or "both"; a "both" plan lists the v2i trials, then the
+    i2v trials, each trial naming its direction (:meth:`for_direction` gives one direction's plan).
     """
 
     protocol: str
@@ -114,6 +147,20 @@ class ProtocolPlan:
     direction: str = "i2v"
     shots: int | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """The directions evaluated: ``("v2i", "i2v")`` for a "both" plan, else the plan's one direction."""
+        return DIRECTIONS if self.direction == "both" else (self.direction,)
+
+    def for_direction(self, direction: str) -> ProtocolPlan:
+        """The plan of one direction (itself when it has only that one)."""
+        if direction not in self.directions:
+            raise FeaturesError(f"{self.protocol} plan has direction(s) {', '.join(self.directions)}, not {direction!r}")
+        if self.direction != "both":
+            return self
+        trials = [replace(t, direction=None) for t in self.trials if t.direction == direction]
+        return replace(self, trials=trials, direction=direction)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -196,7 +243,7 @@ def _test_ids(pool: PoolLike, test_ids: Sequence[int] | None) -> list[int]:
     present = sorted(set(pool.pids.tolist()))
     if test_ids is None:
         return present
-    ids = sorted(set(int(x) for x in test_ids))
+    ids = sorted({int(x) for x in test_ids})
     missing = sorted(set(ids) - set(present))
     if missing:
         src = getattr(pool, "source", "<records>")
@@ -212,7 +259,7 @@ def _draw_gallery(groups: dict[tuple[int, int, int], list[int]], paths: np.ndarr
     """``random.seed(seed)``; per id (ascending, as zero-padded strings) and camera with images: one random.choice."""
     random.seed(seed)
     out: list[int] = []
-    for pid in sorted(ids, key=lambda p: "%04d" % p):
+    for pid in sorted(ids, key=lambda p: f"{p:04d}"):
         for cam in cams:
             rows = groups.get((modality, cam, pid))
             if not rows:
@@ -275,7 +322,7 @@ def load_rand_perm_cam(path: str | Path) -> list[list[np.ndarray]]:
         from scipy.io import loadmat
 
         mat = loadmat(str(path))
-    except Exception as exc:  # scipy raises many types for corrupt files
+    except Exception as exc:  # noqa: BLE001  (scipy raises many types for corrupt files)
         raise DataError(f"{path}: cannot read the MATLAB file ({type(exc).__name__}: {exc})") from None
     if "rand_perm_cam" not in mat:
         raise DataError(f"{path}: no variable 'rand_perm_cam' (found: {', '.join(k for k in mat if not k.startswith('__'))})")
@@ -367,8 +414,6 @@ def regdb(pool: PoolLike, direction: str = "v2i", trial: int = 0) -> ProtocolPla
 
 
 def _same_pid_cam_keys(pool: PoolLike) -> np.ndarray:
-    from vireid.evaluation.metrics import pair_keys
-
     return pair_keys(pool.pids, pool.camids) if len(pool.pids) else np.zeros(0, np.int64)
 
 
@@ -400,15 +445,30 @@ def llcm(pool: PoolLike, direction: str = "v2i", trials: int = 10, test_ids: Seq
 
 def build_protocol(name: str, pool: PoolLike, *, mode: str = "all", shots: int = 1, trials: int | None = None,
                    direction: str = "v2i", dataset_root: str | Path | None = None,
-                   test_ids: Sequence[int] | None = None) -> ProtocolPlan:
+                   test_ids: Sequence[int] | None = None, cmc: str = "auto") -> ProtocolPlan:
     """Dispatch by protocol name (one of :data:`PROTOCOLS`) after checking the pool's paths.
 
     ``dataset_root`` is read only where the protocol needs split files: ``sysu-official`` reads
     ``exp/rand_perm_cam.mat``; ``sysu``/``sysu-official`` restrict to ``exp/test_id.txt`` and ``llcm`` to
     ``idx/test_id.txt`` when those exist under it.
+
+    ``direction``: "v2i", "i2v", or "both" (regdb, sysu-mm02, llcm: one plan holding the trials of both directions,
+    evaluated in one :func:`evaluate_protocol` call and reported per direction). SYSU-MM01 is always "i2v".
+
+    ``cmc``: "auto" keeps the protocol's published CMC (identity-level for sysu, sysu-official, sysu-mm02 and llcm;
+    standard for regdb); "standard" or "identity" overrides it. AML's evaluation (wuancong/CMAM,
+    fastreid/evaluation/eval_regdb.py:30-66 ``get_unique``, used for RegDB and SYSU-MM02 in reid_evaluation.py:134-148)
+    counts RegDB at identity level too: ``build_protocol("regdb", fs, cmc="identity", direction="both")``.
     """
     if name not in PROTOCOLS:
         raise FeaturesError(f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}")
+    if cmc not in CMC_CHOICES:
+        raise FeaturesError(f"unknown cmc {cmc!r}; expected one of {', '.join(CMC_CHOICES)}")
+    if direction not in DIRECTIONS + ("both",):
+        raise FeaturesError(f"unknown direction {direction!r}; expected one of {', '.join(DIRECTIONS + ('both',))}")
+    if direction == "both" and name in ("sysu", "sysu-official"):
+        raise FeaturesError(f"{name} has one direction (IR queries vs RGB gallery, i2v); direction 'both' applies to "
+                            "regdb, sysu-mm02 and llcm")
     check_pool_paths(pool, name)
     root = Path(dataset_root) if dataset_root is not None else None
     if test_ids is None and root is not None:
@@ -417,19 +477,29 @@ def build_protocol(name: str, pool: PoolLike, *, mode: str = "all", shots: int =
             test_ids = read_id_list(id_file)
     if root is not None and name in ("sysu", "sysu-official", "llcm"):
         check_pool_complete(pool, root, name, test_ids)
-    if name == "sysu":
-        return sysu_agw(pool, mode, 10 if trials is None else trials, test_ids)
-    if name == "sysu-official":
-        if root is None:
-            raise DataError("the sysu-official protocol reads exp/rand_perm_cam.mat: pass --dataset-root "
-                            "(the SYSU-MM01 folder)")
-        return sysu_official(pool, root / "exp" / "rand_perm_cam.mat", mode, shots,
-                             10 if trials is None else trials, test_ids)
-    if name == "regdb":
-        return regdb(pool, direction)
-    if name == "sysu-mm02":
-        return sysu_mm02(pool, direction)
-    return llcm(pool, direction, 10 if trials is None else trials, test_ids)
+
+    def one(d: str) -> ProtocolPlan:
+        if name == "sysu":
+            return sysu_agw(pool, mode, 10 if trials is None else trials, test_ids)
+        if name == "sysu-official":
+            if root is None:
+                raise DataError("the sysu-official protocol reads exp/rand_perm_cam.mat: pass --dataset-root "
+                                "(the SYSU-MM01 folder)")
+            return sysu_official(pool, root / "exp" / "rand_perm_cam.mat", mode, shots,
+                                 10 if trials is None else trials, test_ids)
+        if name == "regdb":
+            return regdb(pool, d)
+        if name == "sysu-mm02":
+            return sysu_mm02(pool, d)
+        return llcm(pool, d, 10 if trials is None else trials, test_ids)
+
+    if direction == "both":
+        parts = [one(d) for d in DIRECTIONS]
+        plan = replace(parts[0], direction="both",
+                       trials=[replace(t, direction=p.direction) for p in parts for t in p.trials])
+    else:
+        plan = one(direction)
+    return plan if cmc == "auto" else replace(plan, cmc=cmc)
 
 
 def check_pool_complete(pool: PoolLike, root: str | Path, protocol: str,
@@ -441,7 +511,7 @@ def check_pool_complete(pool: PoolLike, root: str | Path, protocol: str,
     """
     root = Path(root)
     have = set(pool.paths.tolist())
-    ids = sorted(set(pool.pids.tolist()) if test_ids is None else set(int(x) for x in test_ids))
+    ids = sorted(set(pool.pids.tolist()) if test_ids is None else {int(x) for x in test_ids})
     if protocol == "llcm":
         bases = [f"test_{m}/cam{c}" for m in ("vis", "nir") for c in LLCM_CAMS]
     else:
@@ -479,61 +549,108 @@ def read_id_list(path: str | Path) -> list[int]:
 
 @dataclass(frozen=True)
 class ProtocolResult:
-    """Per-trial :class:`~vireid.evaluation.metrics.RankingResult` of a plan, and their mean/std summary."""
+    """Per-trial :class:`~vireid.evaluation.metrics.RankingResult` of a plan (aligned with ``plan.trials``)."""
 
     plan: ProtocolPlan
     per_trial: list[Any]
     rerank: bool = False
+    rerank_precision: str = "float16"
+
+    def by_direction(self) -> dict[str, ProtocolResult]:
+        """``{direction: result}``: one entry, or "v2i" and "i2v" for a plan evaluated in both directions."""
+        if self.plan.direction != "both":
+            return {self.plan.direction: self}
+        return {d: ProtocolResult(self.plan.for_direction(d),
+                                  [r for t, r in zip(self.plan.trials, self.per_trial) if t.direction == d],
+                                  self.rerank, self.rerank_precision)
+                for d in self.plan.directions}
 
     def summary(self) -> dict[str, Any]:
-        """Means over trials (percent), population std, mean CMC curve, per-trial rows, sizes."""
+        """Means over trials (percent), population std, mean CMC curve, per-trial rows, sizes.
+
+        For a plan with both directions: ``{"protocol", "direction": "both", "cmc_kind", "rerank", "v2i": {...},
+        "i2v": {...}}``, each direction's entry the one-direction summary.
+        """
         from vireid.evaluation.report import summarize_trials
 
-        return summarize_trials(self.plan, self.per_trial, rerank=self.rerank)
+        return summarize_trials(self.plan, self.per_trial, rerank=self.rerank, rerank_precision=self.rerank_precision)
+
 
 
 def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool = False,
-                      device: str | None = None, memory_budget_mb: float = 512.0,
-                      progress: bool = False, trial_method: str = "auto") -> ProtocolResult:
+                      rerank_precision: str = "float16", cmc: str | None = None, device: str | None = None,
+                      memory_budget_mb: float = 512.0, progress: bool = False,
+                      trial_method: str = "auto") -> ProtocolResult:
     """Evaluate ``plan`` on the pool's ``features`` ([N, D], rows aligned with the pool).
 
-    Features are L2-normalised, distances are Euclidean. When every trial has the same queries (all protocols here)
-    the query x (union of all trial galleries) distances are computed once -- if that matrix fits in
+    Features are L2-normalised, distances are Euclidean. When every trial of a direction has the same queries (all
+    protocols here) the query x (union of all trial galleries) distances are computed once -- if that matrix fits in
     ``memory_budget_mb`` -- and :func:`vireid.evaluation.metrics.evaluate_trials` evaluates every trial from it
     (``trial_method``: "auto", "union" = one sort of each query's union row for all trials, or "per-trial");
-    otherwise each trial streams its distances in chunks.
-    With ``rerank`` each trial's distances come from
-    :func:`vireid.evaluation.rerank.k_reciprocal_rerank` (k1 20, k2 6, lambda 0.3) on the normalised features.
+    otherwise each trial streams its distances in chunks. A plan with both directions is evaluated direction by
+    direction; the result's :meth:`ProtocolResult.by_direction` and ``summary()`` key them by direction.
+
+    ``cmc``: None or "auto" = the plan's CMC flavour; "standard" or "identity" overrides it.
+
+    With ``rerank`` each trial's distances come from :func:`vireid.evaluation.rerank.k_reciprocal_rerank` (k1 20,
+    k2 6, lambda 0.3) on the normalised features, in the published float16 arithmetic (``rerank_precision=
+    "float16"``, the default: what published "+re-ranking" numbers carry) or in float32.
+
+    ``device``: None or "cpu" computes with NumPy (torch is not imported); "cuda" (or another torch device) computes
+    distances and metrics in torch there. Re-ranking runs its sparse steps on the CPU either way.
     """
-    import torch
-
-    from vireid.evaluation.metrics import evaluate_ranking, evaluate_trials, feature_distance_fn, l2_normalize
-
     if trial_method not in ("auto", "union", "per-trial"):
         raise ValueError(f"trial_method must be 'auto', 'union' or 'per-trial', got {trial_method!r}")
+    if rerank_precision not in RERANK_PRECISIONS:
+        raise FeaturesError(f"unknown re-ranking precision {rerank_precision!r}; expected one of "
+                            f"{', '.join(RERANK_PRECISIONS)}")
+    if cmc is not None and cmc != "auto":
+        if cmc not in CMC_CHOICES:
+            raise FeaturesError(f"unknown cmc {cmc!r}; expected one of {', '.join(CMC_CHOICES)}")
+        plan = replace(plan, cmc=cmc)
     for trial in plan.trials:
         if trial.gallery.size == 0:
             raise FeaturesError(f"{plan.protocol} trial {trial.index}: empty gallery")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    feats = l2_normalize(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(dev))
+    feats_np = l2_normalize(np.ascontiguousarray(features, dtype=np.float32))
+    on_accel = device is not None and str(device).split(":")[0] != "cpu"
+    if on_accel:
+        import torch
+
+        feats: Any = torch.from_numpy(feats_np).to(torch.device(device))  # type: ignore[arg-type]
+    else:
+        feats = feats_np
+    by_trial: dict[int, Any] = {}
+    for direction in plan.directions:
+        sub = plan.for_direction(direction)
+        positions = [k for k, t in enumerate(plan.trials) if plan.direction != "both" or t.direction == direction]
+        results = _evaluate_one_direction(feats, feats_np, sub, rerank=rerank, rerank_precision=rerank_precision,
+                                          device=device, memory_budget_mb=memory_budget_mb, progress=progress,
+                                          trial_method=trial_method)
+        by_trial.update(zip(positions, results))
+    return ProtocolResult(plan, [by_trial[k] for k in range(len(plan.trials))], rerank, rerank_precision)
+
+
+def _evaluate_one_direction(feats: Any, feats_np: np.ndarray, plan: ProtocolPlan, *, rerank: bool,
+                            rerank_precision: str, device: str | None, memory_budget_mb: float, progress: bool,
+                            trial_method: str) -> list[Any]:
+    """The per-trial results of a one-direction plan (see :func:`evaluate_protocol`)."""
     same_queries = all(np.array_equal(t.query, plan.trials[0].query) for t in plan.trials)
     if same_queries and not rerank:
         query = plan.trials[0].query
         union = np.unique(np.concatenate([t.gallery for t in plan.trials]))
         if query.size * union.size * 4 <= memory_budget_mb * 2**20:
-            fn = feature_distance_fn(feats[query], feats[union], normalize=False, device=dev)
-            results = evaluate_trials(
+            fn = feature_distance_fn(feats[query], feats[union], normalize=False, device=device)
+            return evaluate_trials(
                 fn(0, query.size), [np.searchsorted(union, t.gallery) for t in plan.trials],
                 plan.pids[query], plan.pids[union], plan.query_remove_keys[query], plan.gallery_remove_keys[union],
-                cmc=plan.cmc, invalid_query_quirk=plan.invalid_query_quirk,  # type: ignore[arg-type]
-                memory_budget_mb=memory_budget_mb, method=trial_method,  # type: ignore[arg-type]
+                cmc=plan.cmc, invalid_query_quirk=plan.invalid_query_quirk,
+                memory_budget_mb=memory_budget_mb, method=trial_method,
                 assume_finite=True, progress=progress,
                 trial_names=[f"{plan.protocol} trial {t.index}" for t in plan.trials],
             )
-            return ProtocolResult(plan, results, rerank)
 
     results = []
-    trials = plan.trials
+    trials: Any = plan.trials
     if progress:
         from tqdm import tqdm
 
@@ -541,18 +658,17 @@ def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool 
     for trial in trials:
         q, g = trial.query, trial.gallery
         if rerank:
-            try:
-                from vireid.evaluation.rerank import k_reciprocal_rerank
-            except ImportError as exc:
-                raise FeaturesError(f"--rerank is unavailable: {exc}") from None
-            dist: Any = np.asarray(k_reciprocal_rerank(feats[q], feats[g], device=dev))
+            from vireid.evaluation.rerank import k_reciprocal_rerank
+
+            dist: Any = k_reciprocal_rerank(feats_np[q], feats_np[g], precision=rerank_precision, normalize=False,
+                                            device=device)
         else:
-            dist = feature_distance_fn(feats[q], feats[g], normalize=False, device=dev)
+            dist = feature_distance_fn(feats[q], feats[g], normalize=False, device=device)
         res = evaluate_ranking(
             dist, plan.pids[q], plan.pids[g],
             plan.query_remove_keys[q], plan.gallery_remove_keys[g],
             cmc=plan.cmc, invalid_query_quirk=plan.invalid_query_quirk,  # type: ignore[arg-type]
-            memory_budget_mb=memory_budget_mb, device=dev,
+            memory_budget_mb=memory_budget_mb, device=None if rerank else device,
         )
         results.append(res)
-    return ProtocolResult(plan, results, rerank)
+    return results

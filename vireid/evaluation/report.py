@@ -2,7 +2,10 @@
 
 The JSON keys are a user-facing contract (issue 3): ``protocol, mode, direction, trials, rerank, rank1, rank5,
 rank10, rank20, mAP, mINP, cmc (20 values), per_trial, num_query, num_gallery``, metrics in percent (0-100).
-We add ``shots``, ``std`` (population standard deviation over trials of each scalar metric) and ``num_valid_query``.
+We add ``shots``, ``cmc_kind`` ("standard" or "identity"), ``std`` (population standard deviation over trials of
+each scalar metric) and ``num_valid_query``; also ``rerank_precision`` when re-ranked. Both directions evaluated in
+one run (``direction: "both"``) give ``{protocol, mode, direction, shots, cmc_kind, rerank, v2i: {...}, i2v: {...}}``
+with the one-direction summary under each direction.
 """
 
 from __future__ import annotations
@@ -10,14 +13,15 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 SCALARS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 
-__all__ = ["summarize_trials", "format_table", "write_json", "plot_cmc", "SCALARS"]
+__all__ = ["SCALARS", "format_table", "plot_cmc", "summarize_trials", "write_json"]
 
 
 def _size(values: Sequence[int]) -> int | float:
@@ -27,12 +31,27 @@ def _size(values: Sequence[int]) -> int | float:
 
 
 def summarize_trials(plan: Any, per_trial: Sequence[Any], *, rerank: bool = False,
-                     trial_indices: Sequence[int] | None = None) -> dict[str, Any]:
+                     trial_indices: Sequence[int] | None = None, rerank_precision: str = "float16"
+                     ) -> dict[str, Any]:
     """Mean (and std) over trials of the percent metrics of :class:`RankingResult` objects, per-trial rows too.
 
-    ``plan`` supplies protocol/mode/direction/shots (a :class:`ProtocolPlan`, or anything with those attributes).
-    ``trial_indices`` overrides the trial numbers (several RegDB files: 1..n).
+    ``plan`` supplies protocol/mode/direction/shots/cmc (a :class:`ProtocolPlan`, or anything with those
+    attributes). ``trial_indices`` overrides the trial numbers (several RegDB files: 1..n). ``rerank_precision``
+    (the re-ranking's arithmetic) is recorded when ``rerank``. A plan with direction "both" (its trials name their
+    direction) gives ``{"protocol", "mode", "direction": "both", "shots", "cmc_kind",
+    "rerank", "v2i": summary, "i2v": summary}``, each entry summarising that direction's trials.
     """
+    if plan.direction == "both":
+        both: dict[str, Any] = {"protocol": plan.protocol, "mode": plan.mode, "direction": "both",
+                                "shots": plan.shots, "cmc_kind": plan.cmc, "rerank": bool(rerank)}
+        if rerank:
+            both["rerank_precision"] = rerank_precision
+        for d in plan.directions:
+            keep = [k for k, t in enumerate(plan.trials) if t.direction == d]
+            both[d] = summarize_trials(plan.for_direction(d), [per_trial[k] for k in keep], rerank=rerank,
+                                       trial_indices=None if trial_indices is None else [trial_indices[k] for k in keep],
+                                       rerank_precision=rerank_precision)
+        return both
     rows = []
     for k, res in enumerate(per_trial):
         s = res.summary()
@@ -44,9 +63,12 @@ def summarize_trials(plan: Any, per_trial: Sequence[Any], *, rerank: bool = Fals
         "mode": plan.mode,
         "direction": plan.direction,
         "shots": plan.shots,
+        "cmc_kind": getattr(plan, "cmc", None),
         "trials": len(rows),
         "rerank": bool(rerank),
     }
+    if rerank:
+        out["rerank_precision"] = rerank_precision
     for m in SCALARS:
         out[m] = float(np.mean([r[m] for r in rows]))
     out["cmc"] = [float(v) for v in np.mean([r["cmc"] for r in rows], axis=0)]
@@ -59,7 +81,12 @@ def summarize_trials(plan: Any, per_trial: Sequence[Any], *, rerank: bool = Fals
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """A fixed-width text table: one row per trial (when more than one) and the mean (± std)."""
+    """A fixed-width text table: one row per trial (when more than one) and the mean (± std).
+
+    A summary of both directions gives one table per direction, v2i first.
+    """
+    if summary.get("direction") == "both":
+        return "\n\n".join(format_table(summary[d]) for d in ("v2i", "i2v"))
     head = f"{'':<8}{'Rank-1':>8}{'Rank-5':>8}{'Rank-10':>9}{'Rank-20':>9}{'mAP':>8}{'mINP':>8}{'#query':>8}{'gallery':>9}"
     title_bits = [summary["protocol"]]
     if summary.get("mode"):
@@ -67,6 +94,8 @@ def format_table(summary: dict[str, Any]) -> str:
     if summary.get("shots") and summary["protocol"].startswith("sysu") and summary["protocol"] != "sysu-mm02":
         title_bits.append(f"shots={summary['shots']}")
     title_bits.append(f"direction={summary['direction']}")
+    if summary.get("cmc_kind"):
+        title_bits.append(f"cmc={summary['cmc_kind']}")
     title_bits.append(f"trials={summary['trials']}")
     if summary.get("rerank"):
         title_bits.append("re-ranked")
@@ -115,7 +144,10 @@ def write_json(path: str | Path, summary: dict[str, Any]) -> Path:
 
 
 def plot_cmc(path: str | Path, summary: dict[str, Any]) -> Path:
-    """Save the mean CMC curve (percent vs rank 1..20) as a PNG, with per-trial curves faintly behind it."""
+    """Save the mean CMC curve (percent vs rank 1..20) as a PNG, with per-trial curves faintly behind it.
+
+    A summary of both directions draws one mean curve per direction.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -123,17 +155,20 @@ def plot_cmc(path: str | Path, summary: dict[str, Any]) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cmc = summary["cmc"]
-    ranks = np.arange(1, len(cmc) + 1)
+    parts = [summary[d] for d in ("v2i", "i2v")] if summary.get("direction") == "both" else [summary]
     fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=120)
-    if len(summary["per_trial"]) > 1:
-        for r in summary["per_trial"]:
-            ax.plot(ranks, r["cmc"], color="0.8", linewidth=0.8)
-    label = f"{summary['protocol']} {summary['direction']} (R1 {summary['rank1']:.2f}, mAP {summary['mAP']:.2f})"
-    ax.plot(ranks, cmc, marker="o", markersize=3, linewidth=1.6, label=label)
+    ranks = np.arange(1, len(parts[0]["cmc"]) + 1)
+    for part in parts:
+        cmc = part["cmc"]
+        ranks = np.arange(1, len(cmc) + 1)
+        if len(part["per_trial"]) > 1:
+            for r in part["per_trial"]:
+                ax.plot(ranks, r["cmc"], color="0.8", linewidth=0.8)
+        label = f"{part['protocol']} {part['direction']} (R1 {part['rank1']:.2f}, mAP {part['mAP']:.2f})"
+        ax.plot(ranks, cmc, marker="o", markersize=3, linewidth=1.6, label=label)
     ax.set_xlabel("rank")
     ax.set_ylabel("matching rate (%)")
-    ax.set_xticks([1, 5, 10, 15, 20] if len(cmc) >= 20 else ranks)
+    ax.set_xticks([1, 5, 10, 15, 20] if len(ranks) >= 20 else ranks)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7)
