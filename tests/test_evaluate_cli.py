@@ -226,3 +226,81 @@ def test_end_to_end_on_synthetic_layout(tmp_path, capsys, dataset, protocol, ext
     code, _, err = run_cli(["evaluate", tmp_path / "g.npz", "--protocol", protocol, "--dataset-root", root, *extra],
                            capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_cmc_identity_both_directions_several_files(tmp_path, capsys):
+    """AML's RegDB evaluation: identity-level CMC, both directions in one run, one file per trial."""
+    files = [write_npz(tmp_path / f"t{i}.npz", regdb_rows(i), seed=i) for i in range(1, 3)]
+    out = tmp_path / "r.json"
+    code, stdout, err = run_cli(["evaluate", *files, "--protocol", "regdb", "--cmc", "identity", "--direction",
+                                 "both", "--json", out, "--plot"], capsys)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert data["direction"] == "both" and data["cmc_kind"] == "identity" and data["protocol"] == "regdb"
+    assert "direction=v2i" in stdout and "direction=i2v" in stdout and "cmc=identity" in stdout
+    assert out.with_suffix(".png").stat().st_size > 1000
+    for d in ("v2i", "i2v"):
+        assert data[d]["direction"] == d and [r["trial"] for r in data[d]["per_trial"]] == [1, 2]
+        per = []
+        for f in files:
+            fs = load_features(f)
+            per.append(evaluate_protocol(fs.features, build_protocol("regdb", fs, direction=d,
+                                                                     cmc="identity")).summary())
+        assert [r["mAP"] for r in data[d]["per_trial"]] == pytest.approx([p["mAP"] for p in per])
+        assert data[d]["rank1"] == pytest.approx(np.mean([p["rank1"] for p in per]))
+        assert data[d]["cmc"] == pytest.approx(np.mean([p["cmc"] for p in per], axis=0).tolist())
+
+
+def test_rerank_precision_flag(tmp_path, capsys):
+    from vireid.evaluation.metrics import evaluate_ranking, l2_normalize
+    from vireid.evaluation.rerank import k_reciprocal_rerank
+
+    npz = write_npz(tmp_path / "f.npz", regdb_rows(0, n_ids=8), seed=0)
+    fs = load_features(npz)
+    f = l2_normalize(fs.features)
+    q, g = np.nonzero(fs.modalities == 0)[0], np.nonzero(fs.modalities == 1)[0]
+    for precision in ("float16", "float32"):
+        out = tmp_path / f"{precision}.json"
+        code, _, err = run_cli(["evaluate", npz, "--protocol", "regdb", "--rerank", "--rerank-precision", precision,
+                                "--json", out], capsys)
+        assert code == 0, err
+        data = json.loads(out.read_text())
+        assert data["rerank_precision"] == precision
+        dist = k_reciprocal_rerank(f[q], f[g], precision=precision, normalize=False)
+        expected = evaluate_ranking(dist, fs.pids[q], fs.pids[g]).summary()
+        assert data["mAP"] == pytest.approx(expected["mAP"], abs=1e-9)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--protocol", "sysu", "--direction", "both"], "always IR queries"),
+    (["--protocol", "regdb", "--rerank-precision", "float32"], "give --rerank too"),
+])
+def test_new_option_errors(tmp_path, capsys, args, msg):
+    rows = sysu_rows(0) if "sysu" in args else regdb_rows(0)
+    npz = write_npz(tmp_path / "f.npz", rows)
+    code, _, err = run_cli(["evaluate", npz, *args], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and msg in err, err
+
+
+def test_evaluation_does_not_import_torch(tmp_path):
+    """Issue 11 item 8: the features-file path is NumPy/SciPy. In a fresh interpreter, importing vireid.evaluation
+    and running the evaluate command (protocols, metrics, CPU re-ranking, both directions) leaves torch unloaded."""
+    import subprocess
+    import sys
+
+    sysu = write_npz(tmp_path / "s.npz", sysu_rows(0))
+    regdb = write_npz(tmp_path / "r.npz", regdb_rows(0))
+    script = (
+        "import sys\n"
+        "import vireid, vireid.cli, vireid.evaluation\n"
+        "assert 'torch' not in sys.modules, 'import'\n"
+        "from vireid.cli import main\n"
+        f"assert main(['evaluate', {str(sysu)!r}, '--protocol', 'sysu', '--json', {str(tmp_path / 's.json')!r}]) == 0\n"
+        f"assert main(['evaluate', {str(regdb)!r}, '--protocol', 'regdb', '--rerank', '--cmc', 'identity',\n"
+        "             '--direction', 'both']) == 0\n"
+        "assert 'torch' not in sys.modules, 'evaluate'\n"
+        "print('no torch')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().endswith("no torch")
