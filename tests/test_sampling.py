@@ -112,12 +112,14 @@ def test_too_few_common_ids():
 # -- AML anchor + cross-camera ------------------------------------------------------------------------------------
 
 def test_anchor_then_other_cameras_hand_built():
+    # Reference: wuancong/CMAM@21d258fb fastreid/data/samplers/triplet_sampler.py:329-359 (BalancedIdentitySampler).
     # id 0: cam 1 -> idx 0, 1; cam 2 -> idx 2, 3, 4; cam 3 -> idx 5.  id 1: single camera (idx 6, 7, 8).
-    # id 2: single image (idx 9).  label -1 at idx 10 is never drawn.
+    # id 2: single image (idx 9).  label -1 at idx 10 is never drawn.  K = 4.
     labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 2, -1])
     cams = np.array([1, 1, 2, 2, 2, 3, 1, 1, 1, 4, 2])
     s = AnchorCrossCameraSampler(labels, cams, num_ids=3, num_instances=4, seed=0)
     assert len(s) == 1
+    repeats = 0
     for e in range(200):
         s.set_epoch(e)
         (batch,) = list(s)
@@ -127,17 +129,51 @@ def test_anchor_then_other_cameras_hand_built():
             assert len(set(labels[g].tolist())) == 1
             lab, anchor, rest = labels[g[0]], g[0], g[1:]
             if lab == 0:
-                others = [j for j in range(6) if cams[j] != cams[anchor]]
-                if len(others) >= 3:  # anchor in cam 1 or 3: 3 distinct images of other cameras
-                    assert len(set(rest.tolist())) == 3 and all(cams[j] != cams[anchor] for j in rest)
-                else:  # anchor in cam 2: both other-camera images, then one same-camera non-anchor image
-                    assert sorted(rest[:2].tolist()) == sorted(others)
-                    assert cams[rest[2]] == 2 and rest[2] != anchor
-            elif lab == 1:  # single camera: the two non-anchor images, then one repeat of them
-                assert sorted(set(rest.tolist())) == sorted(set(range(6, 9)) - {anchor})
-                assert anchor not in rest
+                # every one of the K-1 comes from another camera than the anchor's -- never the anchor's camera
+                others = {j for j in range(6) if cams[j] != cams[anchor]}
+                assert set(rest.tolist()) <= others
+                # 3 (anchor in cam 2) or 4 (cam 1 / 3) other-camera images: fewer than K = 4 draws with
+                # replacement only when there are < 4 of them (the reference tests len >= num_instances)
+                repeats += len(set(rest.tolist())) < 3
+            elif lab == 1:  # single camera: the K-1 come from the two non-anchor images, with replacement
+                assert set(rest.tolist()) <= set(range(6, 9)) - {anchor}
             else:
                 assert g.tolist() == [9, 9, 9, 9]
+    assert repeats > 0  # with replacement does happen (P(no repeat | 3 or 4 candidates, replace) is 2/9 or 3/8)
+
+
+def test_anchor_sampler_never_uses_anchor_camera_and_draws_with_replacement():
+    # one identity: 1 image in cam 1, 2 images in cam 2, 20 images in cam 3; K = 16
+    labels = np.zeros(23, dtype=int)
+    cams = np.array([1] + [2] * 2 + [3] * 20)
+    s = AnchorCrossCameraSampler(labels, cams, num_ids=1, num_instances=16, seed=3)
+    seen = {1: 0, 2: 0, 3: 0}
+    for e in range(300):
+        s.set_epoch(e)
+        (g,) = list(s)
+        anchor, rest = g[0], np.array(g[1:])
+        seen[int(cams[anchor])] += 1
+        assert len(rest) == 15 and not (cams[rest] == cams[anchor]).any()
+        n_other = int((cams != cams[anchor]).sum())  # 22 (anchor cam 1), 21 (cam 2), 3 (cam 3)
+        if n_other >= 16:
+            assert len(set(rest.tolist())) == 15  # without replacement
+        else:
+            assert set(rest.tolist()) <= {0, 1, 2} and len(rest) == 15  # 15 draws from 3 images
+    assert min(seen.values()) > 0
+
+
+def test_anchor_sampler_threshold_is_k_not_k_minus_1():
+    # exactly K-1 = 3 other-camera images with K = 4: the reference draws WITH replacement (len >= K is False)
+    labels = np.zeros(4, dtype=int)
+    cams = np.array([1, 2, 3, 4])
+    s = AnchorCrossCameraSampler(labels, cams, num_ids=1, num_instances=4, seed=0)
+    distinct = []
+    for e in range(100):
+        s.set_epoch(e)
+        (g,) = list(s)
+        distinct.append(len(set(g[1:])))
+        assert g[0] not in g[1:]
+    assert min(distinct) < 3  # a permutation of the three would always give 3
 
 
 def test_anchor_sampler_epoch_determinism_and_shards():

@@ -133,11 +133,16 @@ class CrossModalIdentitySampler:
 class AnchorCrossCameraSampler:
     """P identities x K images per batch, one anchor plus K-1 images from the anchor's *other* cameras (SPEC 6, AML).
 
-    For each identity of a batch: an anchor is drawn uniformly among its images; the other K-1 are drawn without
-    replacement from the identity's images in other cameras. When there are fewer than K-1 of those, all of them are
-    taken, then images of the anchor's own camera (anchor excluded, without replacement), and any remaining slots are
-    filled with replacement from the other-camera images (or, if none exist, from the same-camera images, or the
-    anchor itself for a single-image identity). So an identity never contributes fewer than K indices.
+    For each identity of a batch, as fast-reid's ``BalancedIdentitySampler`` in the AML code does (wuancong/CMAM @
+    21d258fb, fastreid/data/samplers/triplet_sampler.py:329-359): an anchor is drawn uniformly among its images; then
+
+    * if the identity has images in cameras other than the anchor's: K-1 of those, **without** replacement when there
+      are at least K of them (``len(select_cams) >= self.num_instances``, line 341 -- K, not K-1), else **with**
+      replacement (line 344). The anchor's own camera is never used to fill the group;
+    * otherwise (every image in the anchor's camera): K-1 of its other images, without replacement when there are at
+      least K, else with replacement (lines 348-355); a single-image identity repeats the anchor (line 351).
+
+    So an identity always contributes exactly K indices.
 
     An epoch visits the identities (labels >= 0) in a random order, P per batch, and drops the last incomplete batch:
     ``len == #ids // P`` (stage 1 with ~750 Market pseudo-ids and P = 4: 187 batches). Training by iterations simply
@@ -185,18 +190,14 @@ class AnchorCrossCameraSampler:
         """K indices of one identity: anchor first, then cross-camera images (see the class docstring)."""
         k = self.num_instances
         anchor = members[rng.integers(len(members))]
-        rest = members[members != anchor]
-        cams = self.camids[rest]
-        other, same = rest[cams != self.camids[anchor]], rest[cams == self.camids[anchor]]
-        if len(other) >= k - 1:
-            picked = rng.choice(other, size=k - 1, replace=False)
-        else:
-            take_same = min(len(same), k - 1 - len(other))
-            picked = np.concatenate([rng.permutation(other), rng.choice(same, size=take_same, replace=False)])
-            missing = k - 1 - len(picked)
-            if missing:
-                pool = other if len(other) else same if len(same) else np.array([anchor])
-                picked = np.concatenate([picked, rng.choice(pool, size=missing, replace=True)])
+        other = members[self.camids[members] != self.camids[anchor]]
+        if len(other):
+            pool = other
+        else:  # every image of the identity is in the anchor's camera
+            pool = members[members != anchor]
+            if not len(pool):  # a single image: the anchor repeated
+                pool = np.array([anchor])
+        picked = rng.choice(pool, size=k - 1, replace=len(pool) < k)
         return np.concatenate([[anchor], picked]).astype(np.int64)
 
     def global_batches(self) -> list[np.ndarray]:

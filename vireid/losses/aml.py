@@ -4,6 +4,11 @@ distributions, and the similarity- and distance-structure losses between their b
 Direction convention: ``student`` receives the gradient; ``teacher`` is detached when ``detach_teacher=True`` (AML
 stage 1: knowledge flows model1-RGB → model2-gray and model2-gray → model1-on-gray only). Stage 2 detaches nothing
 (``detach_teacher=False``), which makes each term symmetric in its two arguments.
+
+The two stages weigh their KL differently in the reference (wuancong/CMAM @ 21d258fb,
+fastreid/modeling/meta_arch/mutual_framework.py): stage 1 ``compute_kl_loss_stage1`` (lines 138-146) halves the sum
+of both directions -- :func:`symmetric_kl`; stage 2 adds ``compute_kl_loss_stage2(l1, l2) + compute_kl_loss_stage2(l2,
+l1)`` (lines 148-151, 211) without the ½ -- :func:`two_way_kl`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch.nn.functional as F
 from ._util import as_float, full_precision
 from .metric import pairwise_euclidean
 
-__all__ = ["symmetric_kl", "similarity_structure", "distance_structure"]
+__all__ = ["symmetric_kl", "two_way_kl", "similarity_structure", "distance_structure"]
 
 
 def _reduce(x: torch.Tensor, reduction: str, name: str) -> torch.Tensor:
@@ -53,6 +58,24 @@ def symmetric_kl(
         if reduction == "mean":
             return per.sum() / per.shape[0]
         return _reduce(per, reduction, "symmetric_kl")
+
+
+def two_way_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """``KL(q‖p) + KL(p‖q)`` with ``p = softmax(logits_a)``, ``q = softmax(logits_b)``: summed over batch and classes,
+    no ½, nothing detached (AML stage 2, weight 0.01, on the two cluster memories' logits ``f·Mᵀ/τ``).
+
+    Twice :func:`symmetric_kl` with ``detach_teacher=False``. Reference: ``compute_kl_loss_stage2(p, q) =
+    F.kl_div(log_softmax(p), softmax(q), reduction='none').sum()`` = KL(q‖p), called in both orders and added
+    (mutual_framework.py:148-151 and :211 at wuancong/CMAM@21d258fb). Computed in float32 (log-softmax).
+    """
+    if logits_a.shape != logits_b.shape or logits_a.dim() != 2:
+        raise ValueError(
+            f"two_way_kl: logits must both be [N, C], got {tuple(logits_a.shape)} and {tuple(logits_b.shape)}"
+        )
+    with full_precision(logits_a.device):
+        log_p = F.log_softmax(as_float(logits_a), dim=1)
+        log_q = F.log_softmax(as_float(logits_b).to(log_p.dtype), dim=1)
+        return (log_q.exp() * (log_q - log_p) + log_p.exp() * (log_p - log_q)).sum()
 
 
 def similarity_structure(

@@ -6,10 +6,16 @@ and counted in ``info["dropped"]``; camid = C (1..6); every Market image is RGB 
 market1501: train = bounding_box_train relabelled 0..C-1 in ascending pid order; test = query + bounding_box_test
 (queries first; ``info["num_query"]`` says how many), label -1.
 
-market1501_gen: train = market1501_train/ originals with ``twin`` = the same file name in
-market1501_train_<target>/; label = pseudo label from pplr_pseudo_labels.pth (matched by basename, relabelled
-0..C-1 in ascending pseudo-label order; images without one are dropped and counted) or, with
-``labels="ground_truth"``, the Market pid relabelled. test = market1501_test/ originals, label -1.
+market1501_gen: train = the market1501_train/ originals, then the market1501_test/ originals, each with ``twin`` = the
+same file name in market1501_train_<target>/ (market1501_test_<target>/); label = pseudo label from
+pplr_pseudo_labels.pth (matched by basename, relabelled 0..C-1 in ascending pseudo-label order); images without one
+are dropped (counted for market1501_train/; market1501_test/ images are only training data when PPLR labelled them).
+This is AML's stage-1 pool as its code builds it (SPEC 1.4 / 6, corrected; wuancong/CMAM @ 21d258fb,
+fastreid/data/datasets/market1501.py:39-53: ``process_dir(market1501_train) + process_dir(market1501_test)`` zipped
+with the twins, kept where ``fname_pid_dict.get(basename)`` has a label). ``info["test_pool"]`` says how many test
+images joined. With ``labels="ground_truth"`` train is the market1501_train/ originals with the Market pid relabelled
+(the test folder's persons are others; the reference has no such option). test = market1501_test/ originals, label
+-1 (no protocol uses it).
 """
 
 from __future__ import annotations
@@ -121,13 +127,16 @@ def parse_gen(root: Path, options: DatasetOptions, log: ProblemLog) -> CrossModa
     test = _scan(root, "market1501_test", log, dropped)
     twin_dir = f"market1501_train_{target}"
     twins = _check_twins(root, "market1501_train", twin_dir, log, severity="error")
-    if (root / f"market1501_test_{target}").is_dir():
-        # test twins are not used by any protocol; a mismatch there is worth knowing but does not block training
-        _check_twins(root, "market1501_test", f"market1501_test_{target}", log, severity="warning")
+    test_twin_dir = f"market1501_test_{target}"
+    test_twins: set[str] = set()
+    if (root / test_twin_dir).is_dir():
+        # only pseudo-labelled test images are trained on; a missing twin of one of those is an error below
+        test_twins = _check_twins(root, "market1501_test", test_twin_dir, log, severity="warning")
 
     # an original without its twin cannot be trained on (the error is reported above); it is left out here
     twinned = [Sample(s.path, s.pid, s.camid, s.modality, -1, f"{twin_dir}/{s.path.split('/', 1)[1]}")
                for s in originals if s.path.split("/", 1)[1] in twins]
+    test_pool = 0
     if labels == "ground_truth":
         train = _relabel(twinned)
     else:
@@ -140,13 +149,28 @@ def parse_gen(root: Path, options: DatasetOptions, log: ProblemLog) -> CrossModa
                 dropped["market1501_train (no pseudo label)"] = missing
                 log.warning(f"{missing} of {len(twinned)} training images have no pseudo label in {PPLR} and were "
                             f"dropped", "market1501_train/")
-            if twinned and not keep:
+            # market1501_test/ images with a pseudo label are training data too (after the train folder, as the
+            # reference concatenates the two folders); each needs its twin from market1501_test_<target>/
+            extra: list[Sample] = []
+            for s in test:
+                name = s.path.split("/", 1)[1]
+                if name not in pseudo:
+                    continue
+                if name not in test_twins:
+                    log.error(f"twin of {name} is missing; the image has a pseudo label, so it is stage-1 training "
+                              f"data and needs its fake-IR twin", f"{test_twin_dir}/")
+                    continue
+                extra.append(Sample(s.path, s.pid, s.camid, s.modality, -1, f"{test_twin_dir}/{name}"))
+            if twinned and not keep and not extra:
                 log.error(f"no training image has a pseudo label (labels are matched by file name); is this the "
                           f"{PPLR} of this dataset?", PPLR)
-            train = _relabel(keep, {s.path: pseudo[Path(s.path).name] for s in keep})
+            pool = keep + extra
+            train = _relabel(pool, {s.path: pseudo[Path(s.path).name] for s in pool})
+            test_pool = len(extra)
     info: dict[str, Any] = {
         "target": target,
         "labels": labels,
+        "test_pool": test_pool,
         "num_classes": len({s.label for s in train}),
         "dropped": {_dropped_key(k): n for k, n in dropped.items() if n},
     }
