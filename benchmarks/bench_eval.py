@@ -10,7 +10,9 @@ Cases (random features with an identity signal, shaped like the real test sets):
                 (target < 5 s and < 2 GB peak on 2 CPU cores)
 
 Each implementation runs in its own spawned process so its peak resident memory (ru_maxrss, whole process:
-Python + torch + the inputs) is its own. Both sides start from the features and include the distances in their
+Python + NumPy + the inputs) is its own; both are NumPy on the CPU (neither imports torch; the CSV's last column,
+named "torch" for history, holds the NumPy version since the NumPy backend). Both sides start from the features and
+include the distances in their
 seconds: the loop baseline, like the reference scripts, computes one float32 distance matrix per trial (queries x
 that trial's gallery, with the same ``pairwise_distance``) and runs the per-query loop on it; ours computes the
 queries x union-of-galleries distances once and evaluates every trial from them (``evaluate_trials``: for the
@@ -131,9 +133,11 @@ def _summaries(results) -> list[dict]:
 
 def _warm_up(impl: str) -> None:
     """One small untimed run of the same code path (thread pools, BLAS and allocator start-up) for both sides."""
-    import torch
-
-    from vireid.evaluation.metrics import evaluate_ranking, feature_distance_fn, pairwise_distance
+    from vireid.evaluation.metrics import (
+        evaluate_ranking,
+        feature_distance_fn,
+        pairwise_distance,
+    )
     from vireid.evaluation.reference import reference_metrics
 
     rng = np.random.default_rng(0)
@@ -142,16 +146,18 @@ def _warm_up(impl: str) -> None:
     if impl == "ours":
         evaluate_ranking(feature_distance_fn(qf, gf), qp, gp, cmc="identity")
     else:
-        reference_metrics(pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf)).numpy(), qp, gp)
+        reference_metrics(pairwise_distance(qf, gf), qp, gp)
 
 
 def _child(case: str, impl: str, dim: int, method: str, threads: int, queue) -> None:
-    import torch
+    if threads > 0:  # the NumPy block loops and BLAS both read it (set before NumPy is imported in this process)
+        os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
 
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-    from vireid.evaluation.metrics import evaluate_ranking, feature_distance_fn, pairwise_distance
+    from vireid.evaluation.metrics import (
+        evaluate_ranking,
+        feature_distance_fn,
+        pairwise_distance,
+    )
     from vireid.evaluation.protocols import evaluate_protocol
     from vireid.evaluation.reference import reference_metrics
 
@@ -170,10 +176,10 @@ def _child(case: str, impl: str, dim: int, method: str, threads: int, queue) -> 
             from vireid.evaluation.metrics import l2_normalize
 
             loop_s = 0.0
-            f = l2_normalize(torch.from_numpy(feats))
+            f = l2_normalize(feats)
             for t in plan.trials:
                 # as the reference scripts do: one distance matrix per trial, queries x that trial's gallery
-                d = pairwise_distance(f[t.query], f[t.gallery], normalize=False).numpy()
+                d = pairwise_distance(f[t.query], f[t.gallery], normalize=False)
                 t1 = time.perf_counter()
                 r = reference_metrics(d, plan.pids[t.query], plan.pids[t.gallery],
                                       plan.query_remove_keys[t.query], plan.gallery_remove_keys[t.gallery],
@@ -189,7 +195,7 @@ def _child(case: str, impl: str, dim: int, method: str, threads: int, queue) -> 
             r = evaluate_ranking(feature_distance_fn(qf, gf), qp, gp, qk, gk, cmc=cmc_kind, method=method)
             out = [r.summary()]
         else:
-            d = pairwise_distance(qf, gf).numpy()
+            d = pairwise_distance(qf, gf)
             t1 = time.perf_counter()
             r = reference_metrics(d, qp, gp, qk, gk, cmc=cmc_kind)
             loop_s = time.perf_counter() - t1
@@ -231,13 +237,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     ap.add_argument("--dim", type=int, default=2048)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads in both children (default: torch's)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads in both children (default: all)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side; the fastest is kept (shared machines)")
     ap.add_argument("--also-sort", action="store_true", help="market: also time method='sort' (full argsort)")
     ap.add_argument("--also-per-trial", action="store_true",
                     help="sysu cases: also time evaluate_protocol(trial_method='per-trial') (no union sort)")
     args = ap.parse_args()
-    import torch
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     new = not RESULTS.exists()
@@ -269,9 +274,9 @@ def main() -> None:
                     w.writerow([now, case, impl, t0["num_query"], t0["num_gallery"], len(res["trials"]), args.dim,
                                 f"{res['seconds']:.3f}", f"{res['loop_only_s']:.3f}", f"{res['peak_mb']:.0f}", f"{res['before_mb']:.0f}", f"{sp:.2f}", f"{diff:.2e}",
                                 f"{mean['rank1']:.4f}", f"{mean['mAP']:.4f}", f"{mean['mINP']:.4f}",
-                                args.threads or torch.get_num_threads(), f"{res['load']:.2f}", torch.__version__])
+                                args.threads or os.cpu_count(), f"{res['load']:.2f}", f"numpy {np.__version__}"])
                 fh.flush()
-    print(f"rows appended to {RESULTS.relative_to(ROOT)} ({platform.machine()}, {args.threads or torch.get_num_threads()} torch threads)")
+    print(f"rows appended to {RESULTS.relative_to(ROOT)} ({platform.machine()}, {args.threads or os.cpu_count()} threads)")
 
 
 if __name__ == "__main__":

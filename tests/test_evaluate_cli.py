@@ -7,8 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_protocols import (
+    exact_features,
+    llcm_rows,
+    mm02_rows,
+    rand_perm_mat,
+    regdb_rows,
+    sysu_rows,
+)
 
-from test_protocols import exact_features, llcm_rows, mm02_rows, rand_perm_mat, regdb_rows, sysu_rows
 from vireid.cli import main
 from vireid.evaluation import build_protocol, evaluate_protocol, load_features
 
@@ -174,10 +181,10 @@ def test_unknown_choices_rejected_by_argparse(tmp_path, capsys, args):
 
 
 def test_rerank_flag(tmp_path, capsys):
+    import torch
+
     from vireid.evaluation.metrics import evaluate_ranking, l2_normalize
     from vireid.evaluation.rerank import k_reciprocal_rerank
-
-    import torch
 
     npz = write_npz(tmp_path / "f.npz", regdb_rows(0, n_ids=8), seed=0)
     out = tmp_path / "r.json"
@@ -301,6 +308,6 @@ def test_evaluation_does_not_import_torch(tmp_path):
         "assert 'torch' not in sys.modules, 'evaluate'\n"
         "print('no torch')\n"
     )
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().endswith("no torch")

@@ -13,13 +13,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _features import clustered
+
+from vireid.evaluation.features import validate_features
 from vireid.evaluation.metrics import evaluate_ranking
 from vireid.evaluation.protocols import build_protocol, evaluate_protocol
-from vireid.evaluation.features import validate_features
-from vireid.evaluation.rerank import k_reciprocal_rerank, k_reciprocal_rerank_distances, round_f16
-from vireid.evaluation.rerank_reference import rerank_dense, rerank_dense_from_features, squared_distances
+from vireid.evaluation.rerank import (
+    k_reciprocal_rerank,
+    k_reciprocal_rerank_distances,
+    round_f16,
+)
+from vireid.evaluation.rerank_reference import (
+    rerank_dense,
+    rerank_dense_from_features,
+    squared_distances,
+)
 
 
 def dyadic_cross_modal(n_ids: int, per: int, dim: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +116,7 @@ def test_parameters_match_reference_exactly(k1: int, k2: int, lam: float) -> Non
 def test_parameters_change_output(qg: tuple[np.ndarray, np.ndarray]) -> None:
     q, g = qg
     base = k_reciprocal_rerank(q, g)
-    for kw in (dict(k1=10), dict(k2=1), dict(lambda_value=0.6)):
+    for kw in ({"k1": 10}, {"k2": 1}, {"lambda_value": 0.6}):
         assert np.abs(base - k_reciprocal_rerank(q, g, **kw)).max() > 0.01, kw
 
 

@@ -280,8 +280,11 @@ def _sort_rows(x: np.ndarray) -> np.ndarray:
 
 def _order_keys32(x: np.ndarray) -> np.ndarray:
     """int64 keys in the order of the float32 values: equal keys for equal values (-0.0 and +0.0 too)."""
-    bits = x.view(np.int32).astype(np.int64)
-    return np.where(bits < 0, (bits ^ 0x7FFFFFFF) + 1, bits)  # -0.0 -> 0, like +0.0
+    bits = x.view(np.int32)
+    if bits.size == 0 or bits.min() >= 0:  # no negative value (distances): the bits are in order already
+        return bits.astype(np.int64)
+    keys = bits.astype(np.int64)
+    return np.where(keys < 0, (keys ^ 0x7FFFFFFF) + 1, keys)  # -0.0 -> 0, like +0.0
 
 
 def _rowwise_searchsorted(s: np.ndarray, t: np.ndarray) -> np.ndarray:

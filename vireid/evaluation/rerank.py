@@ -75,15 +75,18 @@ def _check_params(k1: int, k2: int, lambda_value: float, precision: str) -> None
 
 
 def round_f16(x: np.ndarray) -> np.ndarray:
-    """float32 values rounded to the nearest float16 (ties to even), kept as float32 (in place when possible).
+    """float32 values rounded to the nearest float16 (ties to even), kept as float32, in place (``x`` is returned).
 
     The same as ``x.astype(np.float16).astype(np.float32)`` for finite values below 65504, about twice as fast:
     mantissa rounding on the bits for normal float16 values, the cast for the (rare) subnormal ones.
     """
     b = x.view(np.int32)
-    small = np.abs(x) < np.float32(2.0**-14)
+    small = (b & 0x7FFFFFFF) < 0x38800000  # |x| < 2**-14: float16 subnormals (and zero)
     sub = x[small].astype(np.float16).astype(np.float32) if small.any() else None
-    b += 0xFFF + ((b >> 13) & 1)
+    lsb = b >> 13
+    lsb &= 1
+    lsb += 0xFFF
+    b += lsb
     b &= ~0x1FFF
     if sub is not None:
         x[small] = sub
@@ -161,34 +164,38 @@ class _Candidates:
     """The ``kc`` nearest samples (by A) seen so far by each row of one row block: values, indices, and a threshold.
 
     Invariant: every sample offered to a row and not kept is at least as far as all of the row's kept candidates.
-    An offered block is screened against each row's current k-th value (the kept set's maximum) so that only the
-    few closer entries are merged; a row's first offer gets its threshold from a value partition of the block.
+    Each offered block is screened against a per-row bound on the kc-th smallest value (the kept set's maximum; on
+    a row's first offer, the kc-th smallest of the block's first few columns) so that only the entries below it are
+    merged.
     """
 
     def __init__(self, rows: int, kc: int) -> None:
         self.kc = kc
         self.v = np.full((rows, kc), np.inf, dtype=np.float32)
         self.i = np.full((rows, kc), -1, dtype=np.int64)
+        self.empty = True
 
     def offer(self, d: np.ndarray, offset: int) -> None:
         kc = self.kc
         thr = self.v.max(axis=1)
-        fresh = np.nonzero(~np.isfinite(thr))[0]
-        if fresh.size and d.shape[1] > kc:
-            thr[fresh] = np.partition(d[fresh], kc - 1, axis=1)[:, kc - 1]
-        mask = d <= thr[:, None]
-        cnt = mask.sum(axis=1)
-        rr = np.nonzero(cnt)[0]
-        if rr.size == 0:
+        if self.empty and d.shape[1] > kc:
+            # the rows' first offer: the kc-th smallest of the first few columns bounds the kc-th smallest of all
+            m = min(d.shape[1], max(8 * kc, 256))
+            thr = np.partition(d[:, :m], kc - 1, axis=1)[:, kc - 1]
+        self.empty = False
+        r, c = np.nonzero(d <= thr[:, None])
+        if r.size == 0:
             return
-        r, c = np.nonzero(mask[rr])
+        cnt = np.bincount(r, minlength=d.shape[0])
+        rr = np.nonzero(cnt)[0]
         c_rr = cnt[rr]
+        local = np.repeat(np.arange(rr.size), c_rr)
         slot = np.arange(r.size) - np.repeat(np.cumsum(c_rr) - c_rr, c_rr)
         width = int(c_rr.max())
         pv = np.full((rr.size, width), np.inf, dtype=np.float32)
         pi = np.full((rr.size, width), -1, dtype=np.int64)
-        pv[r, slot] = d[rr[r], c]
-        pi[r, slot] = c + offset
+        pv[local, slot] = d[r, c]
+        pi[local, slot] = c + offset
         allv = np.concatenate([self.v[rr], pv], axis=1)
         alli = np.concatenate([self.i[rr], pi], axis=1)
         sel = np.argpartition(allv, kc - 1, axis=1)[:, :kc]
@@ -215,6 +222,7 @@ def _knn(gram: _Gram, k: int, kc: int, block_size: int,
     starts = list(range(0, n, block_size))
     cands = [_Candidates(min(i0 + block_size, n) - i0, kc) for i0 in starts]
     rowmax = np.full(n, -np.inf, dtype=np.float32)
+
     for bi, i0 in enumerate(starts):
         i1 = min(i0 + block_size, n)
         for bj in range(bi, len(starts)):

@@ -1,0 +1,146 @@
+"""Benchmark: ``vireid evaluate FEATS.npz --protocol sysu`` vs the reference AGW evaluation loop, as whole commands.
+
+Issue 11 item 8. A SYSU-MM01-shaped test pool (96 ids; ``--queries`` IR images, default 6,000; 301 RGB folders of
+20 images) with random identity-clustered features (``--dim``, default 2048 as AGW's) is written to a features
+file. Then, in one run, alternately and ``--repeat`` times each (the fastest kept), two fresh processes:
+
+* ours: ``python -m vireid evaluate FEATS.npz --protocol sysu --json OUT.json`` (10 trials, AGW-style galleries);
+* the baseline: ``python -c`` that loads the same .npz with NumPy, forms the same ten galleries
+  (:func:`vireid.evaluation.protocols.build_protocol`), and per trial computes the queries x gallery distances and
+  runs the per-query loop :func:`vireid.evaluation.reference.reference_metrics` -- the AGW ``eval_sysu`` procedure,
+  as the reference test script does it, one trial at a time.
+
+Both are timed from process start to exit (interpreter start-up, imports, loading and validating the file
+included). The mean metrics of both are compared (max |difference| in percentage points) and one row per side is
+appended to benchmarks/results/evaluate_command.csv.
+
+Run: ``python benchmarks/bench_evaluate_command.py [--queries 6000] [--dim 2048] [--trials 10] [--repeat 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _harness import append_rows
+
+RESULTS = ROOT / "benchmarks" / "results" / "evaluate_command.csv"
+HEADER = ["date", "host_cpus", "load_avg_1min", "impl", "queries", "gallery", "trials", "dim", "seconds",
+          "speedup_vs_loop", "max_diff_pp", "rank1", "mAP", "mINP", "torch_loaded", "numpy"]
+
+BASELINE = """
+import json, sys, time
+import numpy as np
+from vireid.evaluation.features import load_features
+from vireid.evaluation.protocols import build_protocol
+from vireid.evaluation.reference import reference_metrics
+fs = load_features(sys.argv[1])
+plan = build_protocol("sysu", fs, trials=int(sys.argv[3]))
+f = fs.features / np.maximum(np.linalg.norm(fs.features, axis=1, keepdims=True), np.float32(1e-12))
+rows = []
+for t in plan.trials:
+    q, g = f[t.query], f[t.gallery]
+    d = np.sqrt(np.maximum(np.float32(2.0) - np.float32(2.0) * (q @ g.T), np.float32(0.0)))
+    r = reference_metrics(d, plan.pids[t.query], plan.pids[t.gallery], plan.query_remove_keys[t.query],
+                          plan.gallery_remove_keys[t.gallery], cmc=plan.cmc,
+                          invalid_query_quirk=plan.invalid_query_quirk)
+    rows.append({"rank1": 100 * r["cmc"][0], "mAP": 100 * r["mAP"], "mINP": 100 * r["mINP"]})
+out = {k: float(np.mean([r[k] for r in rows])) for k in ("rank1", "mAP", "mINP")}
+out["torch_loaded"] = "torch" in sys.modules
+json.dump(out, open(sys.argv[2], "w"))
+"""
+
+
+def write_pool(path: Path, queries: int, dim: int, seed: int = 0) -> tuple[int, int]:
+    """A SYSU-MM01-shaped features file: 96 ids, ``queries`` IR images (cam3/cam6), 301 RGB folders x 20 images."""
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(np.arange(1, 534), 96, replace=False))
+    folders = [(cam, pid) for pid in ids for cam in (1, 2, 4, 5)]
+    keep = np.sort(rng.choice(len(folders), 301, replace=False))
+    rows = []
+    for k in keep:
+        cam, pid = folders[k]
+        rows += [(f"cam{cam}/{pid:04d}/{n:04d}.jpg", pid, cam, 0) for n in range(1, 21)]
+    ir = [(cam, pid) for pid in ids for cam in (3, 6)]
+    counts = rng.multinomial(queries - len(ir), np.ones(len(ir)) / len(ir)) + 1
+    for (cam, pid), c in zip(ir, counts):
+        rows += [(f"cam{cam}/{pid:04d}/{n:04d}.jpg", pid, cam, 1) for n in range(1, c + 1)]
+    pids = np.array([r[1] for r in rows])
+    uniq, inv = np.unique(pids, return_inverse=True)
+    centres = rng.standard_normal((len(uniq), dim), dtype=np.float32)
+    feats = centres[inv] + 4.5 * rng.standard_normal((len(rows), dim), dtype=np.float32)
+    np.savez(path, features=feats, pids=pids, camids=np.array([r[2] for r in rows]),
+             modalities=np.array([r[3] for r in rows]), paths=np.array([r[0] for r in rows]))
+    return int(sum(counts)), 301
+
+
+def timed(cmd: list[str]) -> float:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed:\n{res.stderr[-3000:]}")
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--queries", type=int, default=6000)
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per side; the fastest is kept (shared machines)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "feats.npz"
+        nq, ng = write_pool(npz, args.queries, args.dim)
+        ours_json, base_json = Path(tmp) / "ours.json", Path(tmp) / "base.json"
+        ours_cmd = [sys.executable, "-m", "vireid", "evaluate", str(npz), "--protocol", "sysu", "--trials",
+                    str(args.trials), "--json", str(ours_json)]
+        probe = ("import runpy, sys; sys.argv = ['vireid'] + sys.argv[1:]; "
+                 "from vireid.cli import main; rc = main(); "
+                 "print('TORCH', 'torch' in sys.modules); sys.exit(rc)")
+        base_cmd = [sys.executable, "-c", BASELINE, str(npz), str(base_json), str(args.trials)]
+        best = {"ours": float("inf"), "loop": float("inf")}
+        for _ in range(args.repeat):
+            best["loop"] = min(best["loop"], timed(base_cmd))
+            best["ours"] = min(best["ours"], timed(ours_cmd))
+        # untimed: was torch imported by the command's code path?
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        out = subprocess.run([sys.executable, "-c", probe, "evaluate", str(npz), "--protocol", "sysu", "--trials",
+                              str(args.trials)], capture_output=True, text=True, env=env, check=True).stdout
+        ours_torch = "TORCH True" in out
+        ours = json.loads(ours_json.read_text())
+        base = json.loads(base_json.read_text())
+    diff = max(abs(ours[k] - base[k]) for k in ("rank1", "mAP", "mINP"))
+    ratio = best["loop"] / best["ours"]
+    load = os.getloadavg()[0]
+    print(f"sysu Q={nq} G={ng} x {args.trials} trials, D={args.dim}: vireid evaluate {best['ours']:.2f} s, "
+          f"reference loop {best['loop']:.2f} s -> {ratio:.1f}x; max diff {diff:.2e} pp; R1 {ours['rank1']:.2f} "
+          f"mAP {ours['mAP']:.2f}; torch loaded by vireid evaluate: {ours_torch}; load avg {load:.1f}")
+    now = datetime.now().isoformat(timespec="seconds")
+    append_rows(RESULTS, HEADER, [
+        [now, os.cpu_count(), f"{load:.2f}", "vireid-evaluate", nq, ng, args.trials, args.dim, f"{best['ours']:.3f}",
+         f"{ratio:.2f}", f"{diff:.2e}", f"{ours['rank1']:.4f}", f"{ours['mAP']:.4f}", f"{ours['mINP']:.4f}",
+         ours_torch, np.__version__],
+        [now, os.cpu_count(), f"{load:.2f}", "reference-loop", nq, ng, args.trials, args.dim, f"{best['loop']:.3f}",
+         "1.00", f"{diff:.2e}", f"{base['rank1']:.4f}", f"{base['mAP']:.4f}", f"{base['mINP']:.4f}",
+         base["torch_loaded"], np.__version__],
+    ])
+    print(f"appended to {RESULTS.relative_to(ROOT)} ({platform.machine()})")
+
+
+if __name__ == "__main__":
+    main()
