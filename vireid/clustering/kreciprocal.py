@@ -95,7 +95,7 @@ def blocked_knn(
     *,
     block_size: int = 2048,
     sink: BlockSink | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of every row of ``x`` among all rows, by squared Euclidean distance.
 
     Returns ``(indices [N, k] int64, squared distances [N, k], inner products [N, k], row maxima [N])``

@@ -275,7 +275,8 @@ def rank_chunks_torch(
                     "(check the features for NaN/inf)"
                 )
             d = d + 0.0  # a private copy (modified in place below); also turns -0.0 into +0.0 so it ties with 0.0
-        removed = None if q_key_t is None else (q_key_t[a:b, None] == prep.g_key[None, :])
+        g_key = prep.g_key
+        removed = None if q_key_t is None or g_key is None else (q_key_t[a:b, None] == g_key[None, :])
         q_idx = torch.from_numpy(q_idx_all[a:b]).to(work_dev)
         if method == "sort":
             out = _rows_sorted(d, removed, q_idx, prep)

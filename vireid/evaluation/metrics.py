@@ -856,6 +856,7 @@ def evaluate_trials(
     g_keys = _check_ids("gallery removal keys", gallery_remove_keys, U)
     if (q_keys is None) != (g_keys is None):
         raise ValueError("give both query and gallery removal keys, or neither")
+    assert q_pids is not None and g_pids is not None
     if Q == 0 or U == 0:
         raise FeaturesError(f"empty query set or gallery (Q={Q}, G={U}): nothing to evaluate")
     trials = [np.asarray(c) for c in trial_columns]
@@ -937,7 +938,7 @@ def _per_trial(dmat: Any, trials: list[np.ndarray], names: list[str], q_pids: np
     results = []
     for t, cols_np in enumerate(seq):
         if isinstance(dmat, np.ndarray):
-            def dist(a: int, b: int, cols: np.ndarray = cols_np) -> Any:
+            def dist(a: int, b: int, cols: Any = cols_np) -> Any:
                 return np.take(dmat[a:b], cols, axis=1)
         else:  # a tensor on an accelerator
             cols_t = sys.modules["torch"].from_numpy(cols_np).to(dmat.device)

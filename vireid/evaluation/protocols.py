@@ -35,7 +35,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from typing import Protocol as TypingProtocol
 
 import numpy as np
@@ -83,10 +83,16 @@ __all__ = [
 
 
 class PoolLike(TypingProtocol):
-    pids: np.ndarray
-    camids: np.ndarray
-    modalities: np.ndarray
-    paths: np.ndarray
+    """Anything with the four aligned test-pool columns (read-only), e.g. a Pool or a FeatureSet."""
+
+    @property
+    def pids(self) -> np.ndarray: ...
+    @property
+    def camids(self) -> np.ndarray: ...
+    @property
+    def modalities(self) -> np.ndarray: ...
+    @property
+    def paths(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,7 @@ def check_pool_paths(pool: PoolLike, protocol: str) -> None:
     src = getattr(pool, "source", "<records>")
     ds = _DATASET[protocol]
 
-    def fail(i: int, why: str) -> None:
+    def fail(i: int, why: str) -> NoReturn:
         raise FeaturesError(f"{src}: row path '{pool.paths[i]}' {why}; is --protocol {protocol} the right one?")
 
     for i, p in enumerate(pool.paths.tolist()):
@@ -643,8 +649,8 @@ def _evaluate_one_direction(feats: Any, feats_np: np.ndarray, plan: ProtocolPlan
             return evaluate_trials(
                 fn(0, query.size), [np.searchsorted(union, t.gallery) for t in plan.trials],
                 plan.pids[query], plan.pids[union], plan.query_remove_keys[query], plan.gallery_remove_keys[union],
-                cmc=plan.cmc, invalid_query_quirk=plan.invalid_query_quirk,
-                memory_budget_mb=memory_budget_mb, method=trial_method,
+                cmc=plan.cmc, invalid_query_quirk=plan.invalid_query_quirk,  # type: ignore[arg-type]
+                memory_budget_mb=memory_budget_mb, method=trial_method,  # type: ignore[arg-type]
                 assume_finite=True, progress=progress,
                 trial_names=[f"{plan.protocol} trial {t.index}" for t in plan.trials],
             )

@@ -49,7 +49,7 @@ def rerank_dense(
             if len(np.intersect1d(cand_set, members)) > 2.0 / 3.0 * len(cand_set):
                 expanded = np.append(expanded, cand_set)
         expanded = np.unique(expanded)
-        weight = np.exp(-original[i, expanded])  # float32
+        weight: np.ndarray = np.exp(-original[i, expanded])  # float32
         v[i, expanded] = weight / np.sum(weight)  # stored in V's dtype
     original = original[:num_query]
     if k2 != 1:
@@ -60,7 +60,7 @@ def rerank_dense(
     inverted = [np.where(v[:, k] != 0)[0] for k in range(n)]
     jaccard = np.zeros(original.shape, dtype=vtype)
     for i in range(num_query):
-        s = np.zeros(n, dtype=vtype)
+        s: np.ndarray = np.zeros(n, dtype=vtype)
         for k in np.where(v[i, :] != 0)[0]:
             rows = inverted[k]
             s[rows] = s[rows] + np.minimum(v[i, k], v[rows, k])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ def ranked_list_figure(
         for k, j in enumerate(order[r]):
             ax = axes[r, k + 1]
             color = None
-            if known:
+            if known and gallery_pids is not None and probe_pids is not None:
                 color = "#1a9e1a" if gallery_pids[j] == probe_pids[r] else "#d62728"
             _show(ax, load_image(Path(root) / gallery_paths[j]), f"{k + 1}: {distances[r, j]:.2f}", color)
     if title:
