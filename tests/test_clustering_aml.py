@@ -295,7 +295,8 @@ def synthetic():
 @pytest.mark.parametrize("method", ["dbscan", "kmeans"])
 def test_cluster_cross_modal_recovers_identities(synthetic, method) -> None:
     x_rgb, y_rgb, x_ir, y_ir = synthetic
-    a = cluster_cross_modal(x_rgb, x_ir, method=method, k=12, k1=20, k2=6, eps=0.4, device="cpu", kmeans_n_init=2)
+    a = cluster_cross_modal(x_rgb, x_ir, method=method, k=12, k1=20, k2=6, eps=0.4, device="cpu", kmeans_n_init=2,
+                            kmeans_init="kmeans++")
     d = clustering_diagnostics(a, y_rgb, y_ir)
     assert a.num_clusters == 12 and d["matched_pairs"] == 12
     assert d["ari"] > 0.99 and d["match_precision"] == 1.0
@@ -312,7 +313,7 @@ def test_cluster_cross_modal_kmeans_clamps_k_and_takes_tensors(synthetic, caplog
     x_rgb, _, x_ir, _ = synthetic
     rgb, ir = torch.from_numpy(x_rgb[:30]), torch.from_numpy(x_ir[:20])
     with caplog.at_level(logging.WARNING, logger="vireid.clustering.association"):
-        a = cluster_cross_modal(rgb, ir, method="kmeans", k=25, kmeans_backend="torch")
+        a = cluster_cross_modal(rgb, ir, method="kmeans", k=25, kmeans_backend="torch", kmeans_init="kmeans++")
     assert "k = 25 > 20 ir samples; using k = 20" in caplog.text
     assert (a.clusters_rgb, a.clusters_ir, a.num_clusters, a.merged) == (25, 20, 20, "rgb")
     assert sorted(set(a.labels_rgb.tolist())) == list(range(20)) and sorted(a.labels_ir.tolist()) == list(range(20))

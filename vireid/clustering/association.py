@@ -32,7 +32,7 @@ from scipy.optimize import linear_sum_assignment
 
 from vireid.clustering.dbscan import dbscan_sparse
 from vireid.clustering.jaccard import jaccard_distance_sparse
-from vireid.clustering.kmeans import ClusteringError, cosine_kmeans, normalized_features
+from vireid.clustering.kmeans import ClusteringError, cosine_kmeans, normalized_features, reference_kmeans
 
 __all__ = [
     "Association",
@@ -222,6 +222,20 @@ def associate(
     return Association(out_r, out_i, int(min(nr, ni)), nr, ni, merged, rgb_map, group_i, yr, yi)
 
 
+def _as_features(x: np.ndarray | torch.Tensor, device: torch.device | None, normalize: bool) -> torch.Tensor:
+    """float32 tensor of ``x`` (L2-normalised rows when ``normalize``), checked for shape and finiteness."""
+    if normalize:
+        return normalized_features(x, device, "cluster_cross_modal")
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise ClusteringError(f"cluster_cross_modal: features must be a non-empty [N, D] array, got shape "
+                              f"{tuple(t.shape)}")
+    t = t.to(device=device if device is not None else t.device, dtype=torch.float32)
+    if not bool(torch.isfinite(t).all()):
+        raise ClusteringError("cluster_cross_modal: features contain NaN or inf; fix the feature extraction first")
+    return t
+
+
 def cluster_cross_modal(
     features_rgb: np.ndarray | torch.Tensor,
     features_ir: np.ndarray | torch.Tensor,
@@ -234,35 +248,46 @@ def cluster_cross_modal(
     k: int = 400,
     seed: int = 0,
     device: str | torch.device | None = None,
+    normalize: bool = True,
+    kmeans_init: Literal["random", "kmeans++"] = "random",
+    kmeans_max_iter: int = 100,
+    kmeans_tol: float = 1e-4,
     kmeans_niter: int = 20,
     kmeans_backend: Literal["auto", "faiss", "torch"] = "auto",
     kmeans_n_init: int = 1,
 ) -> Association:
     """AML's per-epoch re-clustering (SPEC 6): cluster RGB and IR features separately, then :func:`associate`.
 
-    Features (the 4,096-d ``[model1 || model2]`` concatenation, flip-averaged) are L2-normalised first. Per modality:
+    ``normalize=True`` L2-normalises the rows first (general use). AML passes ``normalize=False``: its reference
+    clusters the flip-averaged 4,096-d ``[model1 || model2]`` concatenation of two unit halves as it is (norm about
+    √2), so the Jaccard neighbour weights are ``softmax(-(2 - 2 x.y))`` on those vectors (SPEC 2.6 / 6, corrected;
+    wuancong/CMAM @ 21d258fb, fastreid/utils/faiss_rerank.py:79 with no normalisation on the way from
+    tools/train_stage2.py:211-234), and the Ward merge and centroids use the same vectors
+    (train_stage2.py:276-286; the Hungarian cost normalises the centroids, :119-129). Per modality:
 
     * ``method="dbscan"`` (run A): clustering Jaccard distance (``k1``, ``k2``) + DBSCAN (``eps`` 0.4 in AML,
-      ``min_samples`` 4) on the sparse radius graph (as :func:`vireid.clustering.cluster_dbscan`; labels equal
-      DBSCAN on the dense Jaccard matrix);
-    * ``method="kmeans"`` (run B): :func:`vireid.clustering.cosine_kmeans` with ``k`` clusters (400 in AML), clamped
-      to the modality's sample count with a logged note; no outliers. ``kmeans_niter`` / ``kmeans_backend`` /
-      ``kmeans_n_init`` are passed on as ``niter`` / ``backend`` / ``n_init``.
+      ``min_samples`` 4) on the sparse radius graph (labels equal DBSCAN on the dense Jaccard matrix);
+    * ``method="kmeans"`` (run B), ``k`` clusters (400 in AML) clamped to the modality's sample count with a logged
+      note, no outliers. ``kmeans_init="random"`` (default, the reference): :func:`reference_kmeans` (random rows,
+      at most ``kmeans_max_iter`` rounds, ``kmeans_tol``; empty clusters may occur and are simply absent);
+      ``kmeans_init="kmeans++"``: vireid's earlier :func:`cosine_kmeans` (k-means++ seeding, ``kmeans_niter``
+      spherical Lloyd rounds on ``kmeans_backend``, best of ``kmeans_n_init``).
 
     ``device`` is where the Jaccard kNN / torch k-means run (default: the features' device, else CUDA if present).
     """
     if method not in ("dbscan", "kmeans"):
         raise ClusteringError(f"cluster_cross_modal: method must be 'dbscan' or 'kmeans', got {method!r}")
+    if kmeans_init not in ("random", "kmeans++"):
+        raise ClusteringError(f"cluster_cross_modal: kmeans_init must be 'random' or 'kmeans++', got {kmeans_init!r}")
     dev = torch.device(device) if device is not None else None
-    xs = {"rgb": normalized_features(features_rgb, dev, "cluster_cross_modal"),
-          "ir": normalized_features(features_ir, dev, "cluster_cross_modal")}
+    xs = {"rgb": _as_features(features_rgb, dev, normalize), "ir": _as_features(features_ir, dev, normalize)}
     if xs["rgb"].shape[1] != xs["ir"].shape[1]:
         raise ClusteringError(f"cluster_cross_modal: RGB and IR features differ in dimension "
                               f"({xs['rgb'].shape[1]} vs {xs['ir'].shape[1]})")
     labels: dict[str, np.ndarray] = {}
     for name, x in xs.items():
         if method == "dbscan":
-            # x is normalised already: normalising again would cost a copy (and may move the last bit)
+            # used as given: already normalised above, or AML's un-renormalised concatenation
             graph = jaccard_distance_sparse(x, k1, k2, eps, normalize=False, device=device)
             labels[name] = dbscan_sparse(graph, eps, min_samples)
             del graph
@@ -272,6 +297,9 @@ def cluster_cross_modal(
                 log.warning("cluster_cross_modal: k = %d > %d %s samples; using k = %d", kk, x.shape[0], name,
                             x.shape[0])
                 kk = x.shape[0]
-            labels[name], _ = cosine_kmeans(x, kk, niter=kmeans_niter, seed=seed, backend=kmeans_backend,
-                                            n_init=kmeans_n_init)
+            if kmeans_init == "random":
+                labels[name], _ = reference_kmeans(x, kk, max_iter=kmeans_max_iter, tol=kmeans_tol, seed=seed)
+            else:
+                labels[name], _ = cosine_kmeans(x, kk, niter=kmeans_niter, seed=seed, backend=kmeans_backend,
+                                                n_init=kmeans_n_init)
     return associate(xs["rgb"], labels["rgb"], xs["ir"], labels["ir"])

@@ -54,9 +54,16 @@ def clustering_diagnostics(
     With the true ids of both modalities (``true_rgb`` [N_rgb], ``true_ir`` [N_ir], one id space):
     ``ari`` / ``nmi`` (scikit-learn ``adjusted_rand_score`` / ``normalized_mutual_info_score``, pseudo vs true, over
     the non-outlier samples of both modalities together; NaN if there are none), ``ari_all`` (every sample, each
-    outlier its own singleton cluster), ``ari_rgb`` / ``ari_ir`` (within one modality, non-outliers), and
-    ``match_precision``: the fraction of matched (RGB cluster, IR cluster) pairs -- the RGB and the IR samples of one
-    shared label -- whose majority true ids agree (ties broken towards the smaller id; NaN without pairs).
+    outlier its own singleton cluster), ``ari_rgb`` / ``ari_ir`` (within one modality, non-outliers, final shared
+    labels, i.e. after any Ward merge), ``ari_rgb_raw`` / ``ari_ir_raw`` (the same for the per-modality clustering
+    before the merge, when ``assoc`` carries it), ``match_precision``: the fraction of matched (RGB cluster, IR
+    cluster) pairs -- the RGB and the IR samples of one shared label -- whose majority true ids agree (ties broken
+    towards the smaller id; NaN without pairs), and ``match_accuracy_rgb``: the fraction of non-outlier RGB samples
+    whose own true id is the majority true id of the IR samples sharing their label (what the memory loss is told
+    across modalities, per sample; NaN without such samples).
+
+    Reading them: per-modality ARI low -> the clustering of a modality is the bottleneck; per-modality ARI fine but
+    match precision low -> the cross-modal association (the features' modality gap) is.
     """
     lr, li = np.asarray(assoc.labels_rgb, dtype=np.int64), np.asarray(assoc.labels_ir, dtype=np.int64)
     num = int(assoc.num_clusters)
@@ -94,6 +101,13 @@ def clustering_diagnostics(
     for name, p, t in (("rgb", lr, tr), ("ir", li, ti)):
         k = p >= 0
         out[f"ari_{name}"] = float(adjusted_rand_score(t[k], p[k])) if k.any() else nan
+    for name, raw, t in (("rgb", assoc.raw_labels_rgb, tr), ("ir", assoc.raw_labels_ir, ti)):
+        if raw is not None:
+            p = np.asarray(raw, dtype=np.int64)
+            k = p >= 0
+            out[f"ari_{name}_raw"] = float(adjusted_rand_score(t[k], p[k])) if k.any() else nan
     maj_r, maj_i = _majority(tr, lr, num), _majority(ti, li, num)
     out["match_precision"] = float((maj_r[paired] == maj_i[paired]).mean()) if paired.any() else nan
+    k = (lr >= 0) & paired[np.maximum(lr, 0)]
+    out["match_accuracy_rgb"] = float((maj_i[lr[k]] == tr[k]).mean()) if k.any() else nan
     return out

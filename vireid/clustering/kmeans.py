@@ -6,16 +6,17 @@ Two backends share one initialisation, so they agree on a partition wherever Llo
 * ``"torch"``: our own Lloyd iterations in torch, on the features' device (a CUDA tensor runs on the GPU);
 * ``"auto"``: torch for a CUDA tensor (faiss-cpu would copy it to the host), else faiss if importable, else torch.
 
-What the reference does (facts, as far as we could check them): the AML code is built on an old fast-reid, whose
-pseudo-label generator (``label_generator_kmeans`` in the fast-reid / OpenUnReID lineage) calls
-``faiss.Kmeans(D, K, niter=300, verbose=True, gpu=cuda)`` -- plain Euclidean k-means (``spherical`` left at
-False, so centroids are not re-normalised between iterations), faiss's own random initialisation (K distinct
-samples, faiss's default seed 1234), then labels = nearest centroid via ``cluster.index.search(features, 1)``;
-k-means leaves no outliers. The AML repository itself was not available to us to confirm the call site; SPEC 6
-calls it "cosine k-means with K = 400 per modality" on L2-normalised features. On unit-norm inputs the two
-variants differ only in whether centroids are projected back onto the sphere each iteration; pass
-``spherical=False, init="random", niter=300`` to get the reference's flavour (initial samples still come from
-our seed, not faiss's).
+What the AML reference does (SPEC 6, corrected): wuancong/CMAM @ 21d258fb, tools/train_stage2.py:24 and :239-242
+calls ``fast_pytorch_kmeans.KMeans(n_clusters=K, mode='cosine', verbose=1).fit_predict(features)`` -- not faiss.
+:func:`reference_kmeans` reproduces that algorithm (read from fast_pytorch_kmeans 0.1.9 and 0.2.2,
+``kmeans.py``): K random rows of the data as initial centroids, then at most ``max_iter=100`` rounds of: assign
+every row to the centroid of largest cosine similarity, replace each centroid by the plain mean of its rows (an
+empty cluster's centroid becomes the zero vector, which then never wins), stop when the summed squared centroid
+change is ``<= tol = 1e-4``; the labels returned are the assignment of the last round. It works on the features as
+given (AML's un-renormalised 4,096-d concatenation: only the cosine assignment normalises).
+
+:func:`cosine_kmeans` (k-means++ seeding, spherical Lloyd, faiss or torch) is vireid's earlier implementation, kept
+as the ``kmeans_init: kmeans++`` option of the AML recipe.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from vireid.errors import VireidError
 
-__all__ = ["cosine_kmeans", "kmeans_plusplus", "ClusteringError"]
+__all__ = ["cosine_kmeans", "kmeans_plusplus", "reference_kmeans", "ClusteringError"]
 
 log = logging.getLogger(__name__)
 
@@ -236,4 +237,54 @@ def cosine_kmeans(
     assert best is not None
     _, labels, c = best
     c = F.normalize(c, dim=1)
+    return labels.cpu().numpy().astype(np.int64), c.cpu().numpy().astype(np.float32)
+
+
+def reference_kmeans(
+    features: np.ndarray | torch.Tensor,
+    k: int,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means as AML's code runs it (``fast_pytorch_kmeans.KMeans(K, mode='cosine')``, see the module docstring):
+    ``(labels int64 [N], centroids float32 [k, D])``.
+
+    1. initial centroids: ``k`` distinct rows of ``features`` chosen at random (seeded; fast_pytorch_kmeans 0.1.x
+       draws them with ``np.random.choice(N, k, replace=False)``; 0.2.x may repeat a row);
+    2. round ``i`` (at most ``max_iter``): ``labels = argmax_j cos(x, c_j)`` (a zero centroid has cosine 0), new
+       ``c_j`` = mean of the rows labelled ``j`` (zero vector when none), ``error = sum ||c_new - c||^2``; stop after
+       the round whose ``error <= tol``.
+
+    The returned labels are those of the last round's assignment (computed before its centroid update, as the
+    reference returns ``closest``); labels of empty clusters simply do not occur. The returned centroids are the
+    last update's means (not normalised). Features are used as given: no L2 normalisation of the rows (the
+    cosine assignment is scale-free, the means are not). Runs in float32 on the features' device.
+    """
+    x = features.detach() if isinstance(features, torch.Tensor) else torch.as_tensor(np.asarray(features))
+    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ClusteringError(f"reference_kmeans: features must be a non-empty [N, D] array, got shape {tuple(x.shape)}")
+    x = x.to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise ClusteringError("reference_kmeans: features contain NaN or inf; fix the feature extraction first")
+    n = x.shape[0]
+    if int(k) != k or not 1 <= k <= n:
+        raise ClusteringError(f"reference_kmeans: k must be an integer in 1..{n} (the number of samples), got {k!r}")
+    if int(max_iter) != max_iter or max_iter < 1:
+        raise ClusteringError(f"reference_kmeans: max_iter must be a positive integer, got {max_iter!r}")
+    k = int(k)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:k].to(x.device)
+    c = x[idx].clone()
+    xn = F.normalize(x, dim=1)
+    labels = torch.zeros(n, dtype=torch.long, device=x.device)
+    for _ in range(int(max_iter)):
+        labels = (xn @ F.normalize(c, dim=1).T).argmax(dim=1)
+        onehot = F.one_hot(labels, k).to(x.dtype)  # sums by GEMM: deterministic on GPU
+        counts = onehot.sum(0)
+        new = (onehot.T @ x) / counts.clamp(min=1.0)[:, None]  # empty cluster: zero row (the reference's NaN -> 0)
+        error = float((new - c).pow(2).sum())
+        c = new
+        if error <= tol:
+            break
     return labels.cpu().numpy().astype(np.int64), c.cpu().numpy().astype(np.float32)
