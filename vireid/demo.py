@@ -69,13 +69,28 @@ def _dataset(root: Path, ids: int, seed: int, progress: bool) -> None:
 
 def run_demo(out: str | Path = "vireid-demo", *, ids: int = DEMO_IDS, epochs: int | None = None, seed: int = 0,
              device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Run the demo into ``out``; returns the report dict (also written to ``out/report/results.json``)."""
+    """Run the demo into ``out``; returns the report dict (also written to ``out/report/results.json``).
+
+    ``out`` is checked for writability first and locked for the whole demo (:mod:`vireid.engine.lock`): a second
+    demo into the same folder fails at once instead of deleting this one's run.
+    """
+    from vireid.engine.lock import lock_run_folder
+
+    lock = lock_run_folder(out, "demo folder")
+    try:
+        return _run_demo(Path(out), ids=ids, epochs=epochs, seed=seed, device=device, progress=progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_demo(out: Path, *, ids: int, epochs: int | None, seed: int, device: str,
+              progress: bool) -> dict[str, Any]:
     from vireid.engine.seeding import seed_everything
     from vireid.evaluation.report import format_table
     from vireid.training import evaluate_samples, test_plan, train
 
     start = time.perf_counter()
-    out = Path(out)
     cfg = demo_config(out, epochs=epochs, seed=seed, device=device)
     say = print if progress else (lambda *a, **k: None)
     say(f"[1/4] synthetic SYSU-MM01 ({ids} identities) in {cfg.data.root}")

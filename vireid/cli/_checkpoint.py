@@ -20,3 +20,13 @@ def checkpoint_options(args: argparse.Namespace) -> dict[str, Any]:
     """The :meth:`vireid.inference.embed.Embedder.load` keyword arguments of those options."""
     return {"checkpoint_format": args.checkpoint_format, "size": tuple(args.size) if args.size else None,
             "flip": None if args.flip is None else args.flip == "on"}
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse integer options below 1 (``--batch-size 0`` would otherwise mean "the default" or loop forever)."""
+    from vireid.errors import ConfigError
+
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: must be at least 1")

@@ -38,14 +38,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vireid.errors import ConfigError
     from vireid.evaluation.features import load_features
-    from vireid.inference.calibrate import DEFAULT_FARS, calibrate, format_calibration, write_calibration
+    from vireid.inference.calibrate import (
+        DEFAULT_FARS,
+        calibrate,
+        format_calibration,
+        write_calibration,
+    )
+    from vireid.outputs import check_writable_dir
 
+    if not args.memory_mb > 0:
+        raise ConfigError(f"--memory-mb {args.memory_mb:g}: must be a positive number of megabytes")
+    out = Path(args.out) if args.out is not None else Path(args.features).resolve().parent
+    if args.out is not None or Path(args.features).is_file():  # a missing file is load_features' message
+        check_writable_dir(out, "--out folder" if args.out is not None else "output folder (the features file's)")
     fs = load_features(args.features)
     cal = calibrate(fs.features, fs.pids, fs.modalities, args.far or DEFAULT_FARS, memory_mb=args.memory_mb,
                     source=str(args.features))
     print(format_calibration(cal))
-    out = Path(args.out) if args.out is not None else Path(args.features).resolve().parent
     js, png = write_calibration(out, cal)
     print(f"wrote {js}")
     print(f"wrote {png}")

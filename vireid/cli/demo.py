@@ -25,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ids {args.ids} is too small: the demo needs at least 20 identities")
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs {args.epochs} is invalid: expected an integer >= 1")
+    from vireid.outputs import check_writable_dir
+
+    check_writable_dir(args.out, "--out folder")  # before the dataset is rendered
     run_demo(args.out, ids=args.ids or DEMO_IDS, epochs=args.epochs, seed=args.seed, device=args.device,
              progress=not args.quiet)
     return 0

@@ -121,6 +121,25 @@ def _options(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+_PROTOCOL_DATASET = {"sysu": "sysu_mm01", "sysu-official": "sysu_mm01", "regdb": "regdb", "sysu-mm02": "sysu_mm02",
+                     "llcm": "llcm"}
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Refuse a non-positive --memory-mb, a --dataset-root that is missing or holds another dataset, and a --json
+    path that cannot be written -- before any features file is read."""
+    from vireid.data.datasets.common import check_dataset_root
+    from vireid.errors import FeaturesError
+    from vireid.outputs import check_writable_file
+
+    if not args.memory_mb > 0:
+        raise FeaturesError(f"--memory-mb {args.memory_mb:g}: must be a positive number of megabytes")
+    if args.dataset_root is not None:
+        check_dataset_root(args.dataset_root, _PROTOCOL_DATASET[args.protocol])
+    if args.json is not None:
+        check_writable_file(args.json, "--json file")
+
+
 def _device(name: str) -> str:
     """The compute device: "cpu" stays NumPy (torch is not imported); anything else is checked with torch."""
     from vireid.errors import FeaturesError
@@ -152,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     opts = _options(args)
+    _check_inputs(args)  # issue 12: memory budget, --dataset-root, writable --json, before any work
     device = _device(args.device)
     precision = args.rerank_precision or "float16"
 

@@ -53,13 +53,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from vireid.inference.embed import Embedder
-    from vireid.cli._checkpoint import checkpoint_options
-    from vireid.inference.images import DEFAULT_IR_THRESHOLD, collect_images, parse_modality
-
+    from vireid.cli._checkpoint import check_positive, checkpoint_options
     from vireid.errors import ConfigError
+    from vireid.inference.embed import Embedder
+    from vireid.inference.images import (
+        DEFAULT_IR_THRESHOLD,
+        collect_images,
+        parse_modality,
+    )
+    from vireid.outputs import check_writable_file
 
     modality = parse_modality(args.modality)
+    check_positive(args, "batch_size")
+    check_writable_file(args.out, "--out file")  # before the model is loaded and every image embedded
     if args.ir_threshold is not None and modality != "auto":
         raise ConfigError(f"--ir-threshold applies to --modality auto only (got --modality {modality})")
     images = collect_images(args.images, args.root)

@@ -59,16 +59,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    from pathlib import Path
 
+    from vireid.cli._checkpoint import check_positive, checkpoint_options
     from vireid.errors import ConfigError
     from vireid.inference.embed import Embedder
-    from vireid.cli._checkpoint import checkpoint_options
     from vireid.inference.gallery import load_gallery
-    from vireid.inference.images import DEFAULT_IR_THRESHOLD, image_files, parse_modality
+    from vireid.inference.images import (
+        DEFAULT_IR_THRESHOLD,
+        image_files,
+        parse_modality,
+    )
     from vireid.inference.search import search
-    from vireid.inference.search_report import (draw_search_grid, format_search_table, search_report,
-                                                write_search_json)
+    from vireid.inference.search_report import (
+        draw_search_grid,
+        format_search_table,
+        search_report,
+        write_search_json,
+    )
+    from vireid.outputs import check_writable_dir
 
     probe_mod = parse_modality(args.probe_modality, "--probe-modality")
     gallery_mod = parse_modality(args.gallery_modality, "--gallery-modality")
@@ -79,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if args.ir_threshold is not None and "auto" not in (probe_mod, gallery_mod):
         raise ConfigError("--ir-threshold applies to --probe-modality auto or --gallery-modality auto only")
     threshold = DEFAULT_IR_THRESHOLD if args.ir_threshold is None else args.ir_threshold
+    check_positive(args, "batch_size", "picture_probes")
+    out = check_writable_dir(args.out, "--out folder")  # before the model is loaded and the gallery embedded
     probes = image_files(args.probe)
     embedder = Embedder.load(args.checkpoint, device=args.device, batch_size=args.batch_size,
                                **checkpoint_options(args))
@@ -91,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
         print("note: faiss is not installed; --index ivf fell back to the exact torch search", file=sys.stderr)
     report = search_report(probes, emb.modalities, emb.auto_scores, gallery, result, embedder.describe())
     print(format_search_table(report))
-    out = Path(args.out)
     js = write_search_json(out / "results.json", report)
     print(f"wrote {js}")
     png, why = draw_search_grid(report, gallery, out / "ranked.png", max_probes=max(1, args.picture_probes))

@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from vireid.data.synthetic import describe, write_synthetic
+    from vireid.outputs import check_writable_dir
 
+    check_writable_dir(args.out, "--out folder")
     start = time.perf_counter()
     manifest = write_synthetic(
         args.dataset, args.out, ids=args.ids, seed=args.seed, scale=args.scale, workers=args.workers,

@@ -26,9 +26,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vireid.engine.lock import lock_run_folder
+    from vireid.outputs import check_writable_dir
     from vireid.training import test_checkpoint
 
-    test_checkpoint(args.checkpoint, out_dir=args.out, protocol=args.protocol, mode=args.mode,
-                    direction=args.direction, trials=args.trials, dataset_root=args.dataset_root, trial=args.trial,
-                    allow_trial_mismatch=args.allow_trial_mismatch, flip=args.flip)
+    check_test_options(args)
+    out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent
+    # before any work: the output folder must be writable, and not a folder a training run is writing into
+    # (a missing checkpoint is reported by test_checkpoint, without creating its folder first)
+    lock = lock_run_folder(out, "--out folder") if Path(args.checkpoint).is_file() else None
+    if lock is None:
+        check_writable_dir(out, "--out folder")
+    try:
+        test_checkpoint(args.checkpoint, out_dir=args.out, protocol=args.protocol, mode=args.mode,
+                        direction=args.direction, trials=args.trials, dataset_root=args.dataset_root,
+                        trial=args.trial, allow_trial_mismatch=args.allow_trial_mismatch, flip=args.flip)
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
+
+
+def check_test_options(args: argparse.Namespace) -> None:
+    """Refuse option values that cannot be right, before the checkpoint is loaded."""
+    from vireid.errors import ConfigError
+
+    if args.trial is not None and not 1 <= args.trial <= 10:
+        raise ConfigError(f"--trial {args.trial}: RegDB trials are 1..10")
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials {args.trials}: must be at least 1")

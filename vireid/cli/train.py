@@ -18,10 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vireid.config import load_config
+    from vireid.engine.lock import lock_run_folder
     from vireid.training import train
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    # before any work: output_dir must be writable and not in use by another run (released when we end; a run
+    # killed with SIGKILL leaves a stale lock that the next run, e.g. --resume, takes over)
+    lock = lock_run_folder(cfg.output_dir, "output_dir")
+    try:
+        result = train(cfg, resume=args.resume, progress=not args.quiet)
+    finally:
+        if lock is not None:
+            lock.release()
     if "rank1" in result:
         print(f"{cfg.output_dir}: Rank-1 {result['rank1']:.2f}  mAP {result['mAP']:.2f}  mINP {result.get('mINP', 0):.2f}")
     return 0

@@ -98,7 +98,7 @@ class Embedder:
         self.cfg = cfg
         self.checkpoint = checkpoint
         self.device = device
-        self.batch_size = int(batch_size or cfg.eval.batch_size)
+        self.batch_size = int(cfg.eval.batch_size if batch_size is None else batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
         self.workers = max(0, int(workers))

@@ -45,6 +45,7 @@ from torch import nn
 
 from vireid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vireid.errors import VireidError
+from vireid.outputs import check_writable_dir
 
 __all__ = [
     "ExportError",
@@ -213,6 +214,16 @@ def _reference(model: nn.Module, images: torch.Tensor, modality: torch.Tensor, f
     return f.numpy()
 
 
+def output_files(out: str | os.PathLike, graph: str) -> list[Path]:
+    """The ONNX files an export to ``out`` writes (see :func:`export_onnx`)."""
+    out = Path(out)
+    if graph == "per-modality":
+        if out.suffix == ".onnx":
+            return [out.with_name(f"{out.stem}_visible.onnx"), out.with_name(f"{out.stem}_infrared.onnx")]
+        return [out / "visible.onnx", out / "infrared.onnx"]
+    return [out if out.suffix == ".onnx" else out / "model.onnx"]
+
+
 def export_onnx(
     model: nn.Module,
     out: str | os.PathLike,
@@ -251,13 +262,8 @@ def export_onnx(
     batch = _parse_batch(batch)
     dynamic = batch == "dynamic"
     out = Path(out)
-    if graph == "per-modality":
-        if out.suffix == ".onnx":
-            files = [out.with_name(f"{out.stem}_visible.onnx"), out.with_name(f"{out.stem}_infrared.onnx")]
-        else:
-            files = [out / "visible.onnx", out / "infrared.onnx"]
-    else:
-        files = [out if out.suffix == ".onnx" else out / "model.onnx"]
+    files = output_files(out, graph)
+    check_writable_dir(files[0].parent, "--out folder")
     files[0].parent.mkdir(parents=True, exist_ok=True)
 
     model = model.eval().float().cpu()  # exported and verified in float32 on the CPU
@@ -363,14 +369,16 @@ def export_checkpoint(
     """
     require_onnx()  # fail before loading anything
     path = Path(checkpoint)
+    if out is None:
+        out = path.parent / "onnx"
+        if graph == "modality-input":
+            out = out / "model.onnx"
+    if graph in GRAPHS:
+        check_writable_dir(output_files(out, graph)[0].parent, "--out folder")  # before loading the model
     from vireid.training import load_any_checkpoint
 
     model, cfg = load_any_checkpoint(path, checkpoint_format, size=size)
     height, width = cfg.data.height, cfg.data.width
     feature = feature or cfg.eval.feature
-    if out is None:
-        out = path.parent / "onnx"
-        if graph == "modality-input":
-            out = out / "model.onnx"
     return export_onnx(model, out, height=int(height), width=int(width), graph=graph, opset=opset, batch=batch,
                        feature=feature, flip=flip, checkpoint=str(path))

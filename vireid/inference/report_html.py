@@ -602,13 +602,16 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     """
     if queries < 1 or top < 1:
         raise ReportError(f"queries ({queries}) and top ({top}) must be at least 1")
+    from vireid.outputs import check_writable_file
+
     run = locate_run(run_dir)
-    text = render_report(run, queries=queries, top=top)
     if out is None:
         out = (run.demo_report_dir or run.results_path.parent) / "report.html"
     out = Path(out)
     if out.is_dir():
         out = out / "report.html"
+    check_writable_file(out, "report file")  # before the ranked lists are recomputed and the figures drawn
+    text = render_report(run, queries=queries, top=top)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -113,6 +113,39 @@ def guess_layout(root: Path) -> str | None:
     return None
 
 
+# Entries of which at least one must exist for a folder to be taken as that dataset's root by a protocol that reads
+# split files from it (`vireid evaluate --dataset-root`); looser than _SIGNATURES: sysu-official needs only exp/.
+_ROOT_MARKERS: dict[str, tuple[str, ...]] = {
+    "sysu_mm01": ("exp/test_id.txt", "exp/rand_perm_cam.mat", *(f"cam{c}" for c in range(1, 7))),
+    "llcm": ("idx/test_id.txt", "test_vis", "test_nir"),
+    "regdb": ("Visible", "Thermal"),
+    "sysu_mm02": ("test_rgb.txt", "test_ir.txt"),
+}
+
+
+def check_dataset_root(root: str | Path, dataset: str, option: str = "--dataset-root") -> Path:
+    """A one-line DataError unless ``root`` is an existing folder holding (part of) ``dataset``'s layout.
+
+    Used where a root is optional and would otherwise be silently ignored when it is wrong (a typo, another
+    dataset's folder): the folder must exist and hold at least one of the dataset's characteristic entries, and
+    must not be recognisably another dataset.
+    """
+    path = Path(root).expanduser()
+    name = DISPLAY.get(dataset, dataset)
+    if not path.exists():
+        raise DataError(f"{option} {path}: no such folder; pass the {name} folder")
+    if not path.is_dir():
+        raise DataError(f"{option} {path}: is a file, not a folder; pass the {name} folder")
+    markers = _ROOT_MARKERS.get(dataset, _SIGNATURES.get(dataset, ()))
+    guess = guess_layout(path)
+    if guess is not None and guess != dataset:
+        raise DataError(f"{option} {path}: looks like {DISPLAY[guess]}, not {name}; pass the {name} folder")
+    if markers and not any((path / m).exists() for m in markers):
+        raise DataError(f"{option} {path}: does not look like {name} (none of {', '.join(markers[:4])}"
+                        f"{', ...' if len(markers) > 4 else ''} in it); pass the {name} folder")
+    return path
+
+
 class LayoutError(DataError):
     """The root does not have the chosen dataset's layout at all (nothing further can be checked)."""
 
