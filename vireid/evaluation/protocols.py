@@ -617,35 +617,41 @@ def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool 
     for trial in plan.trials:
         if trial.gallery.size == 0:
             raise FeaturesError(f"{plan.protocol} trial {trial.index}: empty gallery")
-    feats_np = l2_normalize(np.ascontiguousarray(features, dtype=np.float32))
+    raw = np.ascontiguousarray(features, dtype=np.float32)
     on_accel = device is not None and str(device).split(":")[0] != "cpu"
     if on_accel:
         import torch
 
-        feats: Any = torch.from_numpy(feats_np).to(torch.device(device))  # type: ignore[arg-type]
+        on_device = torch.from_numpy(l2_normalize(raw)).to(torch.device(device))  # type: ignore[arg-type]
+
+        def rows(idx: np.ndarray) -> Any:
+            return on_device[torch.from_numpy(idx).to(on_device.device)]
     else:
-        feats = feats_np
+        def rows(idx: np.ndarray) -> Any:  # L2 is per row: normalise only the rows a trial uses
+            return l2_normalize(raw[idx])
+
     by_trial: dict[int, Any] = {}
     for direction in plan.directions:
         sub = plan.for_direction(direction)
         positions = [k for k, t in enumerate(plan.trials) if plan.direction != "both" or t.direction == direction]
-        results = _evaluate_one_direction(feats, feats_np, sub, rerank=rerank, rerank_precision=rerank_precision,
+        results = _evaluate_one_direction(raw, rows, sub, rerank=rerank, rerank_precision=rerank_precision,
                                           device=device, memory_budget_mb=memory_budget_mb, progress=progress,
                                           trial_method=trial_method)
         by_trial.update(zip(positions, results))
     return ProtocolResult(plan, [by_trial[k] for k in range(len(plan.trials))], rerank, rerank_precision)
 
 
-def _evaluate_one_direction(feats: Any, feats_np: np.ndarray, plan: ProtocolPlan, *, rerank: bool,
+def _evaluate_one_direction(raw: np.ndarray, rows: Any, plan: ProtocolPlan, *, rerank: bool,
                             rerank_precision: str, device: str | None, memory_budget_mb: float, progress: bool,
                             trial_method: str) -> list[Any]:
-    """The per-trial results of a one-direction plan (see :func:`evaluate_protocol`)."""
+    """The per-trial results of a one-direction plan (see :func:`evaluate_protocol`); ``rows(idx)`` gives the
+    normalised features of pool rows ``idx`` where the distances are computed."""
     same_queries = all(np.array_equal(t.query, plan.trials[0].query) for t in plan.trials)
     if same_queries and not rerank:
         query = plan.trials[0].query
         union = np.unique(np.concatenate([t.gallery for t in plan.trials]))
         if query.size * union.size * 4 <= memory_budget_mb * 2**20:
-            fn = feature_distance_fn(feats[query], feats[union], normalize=False, device=device)
+            fn = feature_distance_fn(rows(query), rows(union), normalize=False, device=device)
             return evaluate_trials(
                 fn(0, query.size), [np.searchsorted(union, t.gallery) for t in plan.trials],
                 plan.pids[query], plan.pids[union], plan.query_remove_keys[query], plan.gallery_remove_keys[union],
@@ -666,10 +672,10 @@ def _evaluate_one_direction(feats: Any, feats_np: np.ndarray, plan: ProtocolPlan
         if rerank:
             from vireid.evaluation.rerank import k_reciprocal_rerank
 
-            dist: Any = k_reciprocal_rerank(feats_np[q], feats_np[g], precision=rerank_precision, normalize=False,
-                                            device=device)
+            dist: Any = k_reciprocal_rerank(l2_normalize(raw[q]), l2_normalize(raw[g]), precision=rerank_precision,
+                                            normalize=False, device=device)
         else:
-            dist = feature_distance_fn(feats[q], feats[g], normalize=False, device=device)
+            dist = feature_distance_fn(rows(q), rows(g), normalize=False, device=device)
         res = evaluate_ranking(
             dist, plan.pids[q], plan.pids[g],
             plan.query_remove_keys[q], plan.gallery_remove_keys[g],
