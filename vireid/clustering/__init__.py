@@ -14,9 +14,9 @@ from vireid.clustering.association import (
     ward_merge,
 )
 from vireid.clustering.dbscan import cluster_dbscan, dbscan_sparse
-from vireid.clustering.diagnostics import clustering_diagnostics
+from vireid.clustering.diagnostics import clustering_diagnostics, feature_diagnostics
 from vireid.clustering.jaccard import clustering_weights, jaccard_distance, jaccard_distance_sparse
-from vireid.clustering.kmeans import ClusteringError, cosine_kmeans
+from vireid.clustering.kmeans import ClusteringError, cosine_kmeans, reference_kmeans
 
 __all__ = [
     "jaccard_distance",
@@ -25,6 +25,7 @@ __all__ = [
     "dbscan_sparse",
     "cluster_dbscan",
     "cosine_kmeans",
+    "reference_kmeans",
     "ClusteringError",
     "cluster_centroids",
     "ward_merge",
@@ -33,4 +34,5 @@ __all__ = [
     "associate",
     "cluster_cross_modal",
     "clustering_diagnostics",
+    "feature_diagnostics",
 ]

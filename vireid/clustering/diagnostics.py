@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from vireid.clustering.association import Association
 from vireid.clustering.kmeans import ClusteringError
 
-__all__ = ["clustering_diagnostics"]
+__all__ = ["clustering_diagnostics", "feature_diagnostics"]
 
 
 def _ids(x: np.ndarray | torch.Tensor, n: int, name: str) -> np.ndarray:
@@ -110,4 +110,44 @@ def clustering_diagnostics(
     out["match_precision"] = float((maj_r[paired] == maj_i[paired]).mean()) if paired.any() else nan
     k = (lr >= 0) & paired[np.maximum(lr, 0)]
     out["match_accuracy_rgb"] = float((maj_i[lr[k]] == tr[k]).mean()) if k.any() else nan
+    return out
+
+
+def feature_diagnostics(
+    features_rgb: np.ndarray | torch.Tensor,
+    features_ir: np.ndarray | torch.Tensor,
+    true_rgb: np.ndarray | torch.Tensor,
+    true_ir: np.ndarray | torch.Tensor,
+) -> dict[str, float]:
+    """How cross-modal the clustering features themselves are, independent of any clustering (true ids needed).
+
+    ``xmodal_rank1``: fraction of RGB samples whose nearest IR sample (cosine) has their true id.
+    ``oracle_match_precision``: with *perfect* per-modality clusters (the true ids present in both modalities), the
+    fraction of identities that the association step (centroids -> :func:`~vireid.clustering.hungarian_match`) pairs
+    correctly. If this is low, no per-modality clustering can give good cross-modal pseudo labels: the features'
+    modality gap is the bottleneck.
+    """
+    from vireid.clustering.association import cluster_centroids, hungarian_match
+
+    xr = features_rgb.detach().cpu().numpy() if isinstance(features_rgb, torch.Tensor) else np.asarray(features_rgb)
+    xi = features_ir.detach().cpu().numpy() if isinstance(features_ir, torch.Tensor) else np.asarray(features_ir)
+    if xr.ndim != 2 or xi.ndim != 2 or xr.shape[1] != xi.shape[1]:
+        raise ClusteringError(f"feature_diagnostics: features must be [N, D] with the same D, got {xr.shape} and "
+                              f"{xi.shape}")
+    tr, ti = _ids(true_rgb, xr.shape[0], "true_rgb"), _ids(true_ir, xi.shape[0], "true_ir")
+    nan = float("nan")
+    out: dict[str, float] = {}
+    if xr.shape[0] and xi.shape[0]:
+        a = xr / np.maximum(np.linalg.norm(xr, axis=1, keepdims=True), 1e-12)
+        b = xi / np.maximum(np.linalg.norm(xi, axis=1, keepdims=True), 1e-12)
+        out["xmodal_rank1"] = float((ti[(a @ b.T).argmax(1)] == tr).mean())
+    else:
+        out["xmodal_rank1"] = nan
+    common = np.intersect1d(tr, ti)
+    if common.size:
+        _, cr = cluster_centroids(xr, np.where(np.isin(tr, common), np.searchsorted(common, tr), -1))
+        _, ci = cluster_centroids(xi, np.where(np.isin(ti, common), np.searchsorted(common, ti), -1))
+        out["oracle_match_precision"] = float((hungarian_match(cr, ci) == np.arange(common.size)).mean())
+    else:
+        out["oracle_match_precision"] = nan
     return out
