@@ -287,19 +287,23 @@ def _order_keys32(x: np.ndarray) -> np.ndarray:
     return np.where(keys < 0, (keys ^ 0x7FFFFFFF) + 1, keys)  # -0.0 -> 0, like +0.0
 
 
-def _rowwise_searchsorted(s: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """``left[r, k] = searchsorted(s[r], t[r, k], 'left')`` for every row of sorted ``s`` at once.
+def _rowwise_searchsorted(s: np.ndarray, t: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """``left[r, k] = searchsorted(s[r], t[r, k], 'left')`` for the first ``n[r]`` entries of each row of ``t``.
 
-    float32: the rows are laid end to end as int64 keys ``row << 32 | order bits`` (one sorted array, one search);
-    other dtypes (float64): row by row.
+    Rows of sorted ``s`` that are short (float32, fewer than 1,024 columns: many rows per chunk) are laid end to end
+    as int64 keys ``row << 32 | order bits`` -- one sorted array, one search; long rows (or float64) are searched
+    row by row, only their first ``n[r]`` values (the rest of ``t`` is padding: its result is G - 1).
     """
     c, G = s.shape
-    if s.dtype == np.float32 and t.dtype == np.float32:
+    if s.dtype == np.float32 and t.dtype == np.float32 and G < 1024:
         base = np.arange(c, dtype=np.int64)[:, None] << 32
         flat = (_order_keys32(s) + base).reshape(-1)
         pos = np.searchsorted(flat, (_order_keys32(t) + base).reshape(-1), side="left").reshape(t.shape)
-        return pos - np.arange(c, dtype=np.int64)[:, None] * G
-    return np.stack([np.searchsorted(s[r], t[r], side="left") for r in range(c)]).reshape(t.shape).astype(np.int64)
+        return np.minimum(pos - np.arange(c, dtype=np.int64)[:, None] * G, G - 1)
+    out = np.full(t.shape, G - 1, dtype=np.int64)
+    for r in np.nonzero(n)[0].tolist():
+        out[r, : n[r]] = np.searchsorted(s[r], t[r, : n[r]], side="left")
+    return out
 
 
 @dataclass
@@ -388,7 +392,7 @@ def _rows_fast(d: np.ndarray, removed: np.ndarray | None, q_idx: np.ndarray, pre
     n = finite.sum(1)
     valid = n > 0
     s = _sort_rows(dk)
-    left = _rowwise_searchsorted(s, t)
+    left = _rowwise_searchsorted(s, t, n)
     # s[left] is t itself (or an equal value); t is tied with another kept entry iff the next value is equal too
     nxt = np.take_along_axis(s, np.minimum(left + 1, G - 1), 1)
     tied = (nxt == t) & (left + 1 < G) & finite
@@ -415,8 +419,9 @@ def _rows_fast(d: np.ndarray, removed: np.ndarray | None, q_idx: np.ndarray, pre
             if tie_rows.size:
                 before[tie_rows] |= (sub[tie_rows] == t0[tie_rows]) & (np.arange(G)[None, :] < j0[tie_rows])
             r_b, c_b = np.nonzero(before)
-            code = np.unique(r_b * prep.n_ids + prep.g_idx[c_b])
-            id_rank[need] = np.bincount(code // prep.n_ids, minlength=need.size)
+            seen = np.zeros((need.size, prep.n_ids), dtype=bool)  # (row, identity) met before the first match
+            seen[r_b, prep.g_idx[c_b]] = True
+            id_rank[need] = seen.sum(axis=1)
     k1 = np.arange(1, t.shape[1] + 1, dtype=np.float64)
     ap = np.where(finite, k1 / (rank + 1), 0.0).sum(1) / np.maximum(n, 1)
     last = np.take_along_axis(rank, np.maximum(n - 1, 0)[:, None], 1)[:, 0]
