@@ -36,6 +36,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from vireid.errors import ConfigError, FeaturesError
+from vireid.evaluation.features import check_feature_rows
 
 DEFAULT_FARS = (1e-4, 1e-3, 1e-2, 1e-1)
 HIST_BINS = 100
@@ -139,8 +140,9 @@ def calibrate(
 ) -> Calibration:
     """Genuine/impostor statistics, ROC, EER and one threshold per requested FAR (module docstring).
 
-    Raises :class:`FeaturesError` (one line) when rows have no identity (pid < 0), a modality is missing, no
-    identity has images in both modalities, or there is no impostor pair.
+    Raises :class:`FeaturesError` (one line) when rows have no identity (pid < 0), a row has zero norm (or every
+    row is the same vector), a modality is missing, no identity has images in both modalities, or there is no
+    impostor pair.
     """
     fars = _check_fars(fars)
     if memory_mb <= 0:
@@ -152,6 +154,7 @@ def calibrate(
         raise FeaturesError(f"{source}: {unknown} of {len(pids)} rows have no identity (pid -1); calibration needs "
                             "a labelled features file -- extract from a list file with 'path pid camid' lines or a "
                             "recognised layout, or drop the unlabelled rows")
+    check_feature_rows(features, source)  # zero rows would sit at one distance from everything
     f = np.asarray(features, dtype=np.float64)
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     v, ir = f[mods == 0], f[mods == 1]

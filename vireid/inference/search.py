@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from vireid.errors import ConfigError
+from vireid.evaluation.features import check_feature_rows
 
 IndexKind = Literal["exact", "ivf"]
 
@@ -140,6 +141,7 @@ def search(
     if np.ndim(probe_features) != 2 or g.ndim != 2 or np.shape(probe_features)[1] != g.shape[1]:
         raise ConfigError(f"probe features {np.shape(probe_features)} and gallery features {g.shape} must be "
                           "[N, D] with one D")
+    check_feature_rows(probe_features, "probe features", "the probe set", identical=False)
     q = normalize64(probe_features)
     n_gallery = g.shape[0]
     if n_gallery == 0:
@@ -147,6 +149,7 @@ def search(
     if top < 1:
         raise ConfigError(f"--top {top}: must be at least 1")
     top = min(int(top), n_gallery)
+    check_feature_rows(g, "gallery features", "the gallery", identical=False)  # a zero row would tie with every probe
     q32 = q.astype(np.float32)
     g32 = normalize32(g)  # the only gallery-sized copy (float32)
     faiss = _faiss() if use_faiss else None

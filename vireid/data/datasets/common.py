@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import unicodedata
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -175,6 +176,42 @@ def unsafe_reason(rel: str) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------------------------------ invisible characters
+BOM = "\ufeff"
+_CHAR_NAMES = {
+    "\ufeff": "byte-order mark", "\u00a0": "non-breaking space", "\u202f": "narrow no-break space",
+    "\u200b": "zero-width space", "\u200c": "zero-width non-joiner", "\u200d": "zero-width joiner",
+    "\u2060": "word joiner", "\u00ad": "soft hyphen", "\u3000": "ideographic space", "\u2009": "thin space",
+    "\u2007": "figure space", "\u200e": "left-to-right mark", "\u200f": "right-to-left mark",
+    "\x00": "NUL byte", "\x0b": "vertical tab", "\x0c": "form feed",
+}
+
+
+def char_name(ch: str) -> str:
+    """A readable name of a (usually invisible) character: ``non-breaking space (U+00A0)``."""
+    name = _CHAR_NAMES.get(ch) or unicodedata.name(ch, "").lower() or "control character"
+    return f"{name} (U+{ord(ch):04X})"
+
+
+def first_invisible(text: str, allowed: str = " \t") -> int | None:
+    """Index of the first character of ``text`` that is invisible or a non-ASCII space (a space, separator, control
+    or format character other than ``allowed``), or None. Visible non-ASCII letters (e.g. CJK file names) pass."""
+    for i, ch in enumerate(text):
+        if ch in allowed or (ch.isascii() and ch.isprintable()):
+            continue
+        if unicodedata.category(ch)[0] in "ZC":
+            return i
+    return None
+
+
+def shown(text: str) -> str:
+    """``text`` with invisible characters written as ``<U+XXXX>`` (safe to print in a one-line message)."""
+    out = []
+    for ch in text:
+        out.append(f"<U+{ord(ch):04X}>" if first_invisible(ch, " ") is not None else ch)
+    return "".join(out)
+
+
 # ------------------------------------------------------------------------------------------------ list files
 @dataclass(frozen=True)
 class ListRow:
@@ -195,7 +232,9 @@ def read_list_file(
 
     Returns the valid rows in file order; every bad line is reported to ``log`` with its line number and left out
     of the result (so a collect-mode parse can go on). Returns None when the file is missing or unreadable.
-    A missing trailing newline and Windows line ends are accepted.
+    A missing trailing newline, Windows line ends and a UTF-8 byte-order mark at the start (Windows editors write
+    one) are accepted; any other invisible character (a non-breaking space, a BOM inside the file, ...) is an error
+    that names it. An image that is a dangling symbolic link is reported as such.
 
     Args:
         root: dataset root; paths in the file are relative to it.
@@ -217,6 +256,7 @@ def read_list_file(
     except OSError as exc:
         log.error(f"cannot read ({exc.strerror}); check its permissions", rel)
         return None
+    text = text.removeprefix(BOM)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last line; it does not start an empty one
@@ -230,6 +270,11 @@ def read_list_file(
         line = raw.rstrip("\r")
         if not line.strip():
             log.error(f"empty line; remove it (expected {fmt})", rel, number)
+            continue
+        bad = first_invisible(line)
+        if bad is not None:
+            log.error(f"contains a {char_name(line[bad])} at column {bad + 1}: '{shown(line.strip())}'; replace it "
+                      f"with a plain space (or remove it); expected {fmt}", rel, number)
             continue
         key = line.strip()
         if key in seen:
@@ -259,7 +304,11 @@ def read_list_file(
                 log.error(reason, rel, number)
                 continue
             if not (root / image).is_file():
-                log.error(f"image '{image}' does not exist under the dataset root; fix the path or the root", rel, number)
+                if (root / image).is_symlink():
+                    log.error(f"image '{image}' is a {dangling(root / image)}", rel, number)
+                else:
+                    log.error(f"image '{image}' does not exist under the dataset root; fix the path or the root", rel,
+                              number)
                 continue
             if image in seen_paths:
                 log.error(f"image '{image}' is already listed on line {seen_paths[image]}; remove one of the two lines",
@@ -273,10 +322,12 @@ def read_list_file(
 def read_id_file(root: Path, rel: str, log: ProblemLog, *, what: str) -> list[int] | None:
     """Read an id file: ONE line of comma-separated integers, with or without a trailing newline.
 
-    Returns the ids in file order (bad tokens reported and left out, every line still read so that later checks
-    can go on), or None when the file is missing or unreadable. Duplicate ids are errors.
+    Tolerated (the official files have none of it, but editors add it): a UTF-8 byte-order mark at the start, blank
+    lines, spaces or tabs around the ids, Windows line ends. Returns the ids in file order (bad tokens reported and
+    left out, every line still read so that later checks can go on), or None when the file is missing or
+    unreadable. Duplicate ids are errors; a token with an invisible character names that character.
     """
-    expected = "expected ONE line of comma-separated integers, no spaces (e.g. 1,2,4)"
+    expected = "expected ONE line of comma-separated integers (e.g. 1,2,4)"
     path = root / rel
     if not path.is_file():
         log.error(f"missing; it should hold {what} as ONE line of comma-separated integers (e.g. 1,2,4)", rel)
@@ -286,43 +337,76 @@ def read_id_file(root: Path, rel: str, log: ProblemLog, *, what: str) -> list[in
     except (UnicodeDecodeError, OSError) as exc:
         log.error(f"cannot read ({exc}); {expected}", rel)
         return None
-    if not text.strip():
+    text = text.removeprefix(BOM)
+    lines = [(number, line.rstrip("\r")) for number, line in enumerate(text.split("\n"), start=1)]
+    lines = [(number, line) for number, line in lines if line.strip(" \t")]  # blank lines are fine
+    if not lines:
         log.error(f"empty; it should hold {what}; {expected}", rel)
         return None
-    lines = text.split("\n")
-    if len(lines) > 1 and lines[-1] == "":
-        lines.pop()
-    lines = [ln.rstrip("\r") for ln in lines]
     if len(lines) > 1:
-        log.error(f"{expected}, found {len(lines)} lines; join them with commas", rel, 2)
+        log.error(f"{expected}, found {len(lines)} lines; join them with commas", rel, lines[1][0])
     ids: list[int] = []
     first_seen: dict[int, int] = {}
     bad_seen = len(lines) > 1
-    for number, line in enumerate(lines, start=1):
-        tokens = line.split(",")
-        bad = [t for t in tokens if not t.isdigit() or not t.isascii()]
+    for number, line in lines:
+        values: list[int] = []
+        bad: list[str] = []
+        for raw in line.split(","):
+            token = raw.strip(" \t")
+            if token.isdigit() and token.isascii():
+                values.append(int(token))
+            else:
+                bad.append(token)
         if bad:
             bad_seen = True
             more = f" ({len(bad)} bad tokens in all)" if len(bad) > 1 else ""
-            log.error(f"bad token '{bad[0]}'{more}; {expected}", rel, number)
-        for token in tokens:
-            if token.isdigit() and token.isascii():
-                value = int(token)
-                if value in first_seen:
-                    log.error(f"id {value} is listed twice; remove one", rel, number)
-                    continue
-                first_seen[value] = number
-                ids.append(value)
+            token = bad[0]
+            hidden = first_invisible(token)
+            if hidden is not None:
+                log.error(f"bad token '{shown(token)}': it contains a {char_name(token[hidden])}{more}; remove it; "
+                          f"{expected}", rel, number)
+            elif not token:
+                log.error(f"empty entry between commas{more}; {expected}", rel, number)
+            else:
+                log.error(f"bad token '{token}'{more}; {expected}", rel, number)
+        for value in values:
+            if value in first_seen:
+                log.error(f"id {value} is listed twice; remove one", rel, number)
+                continue
+            first_seen[value] = number
+            ids.append(value)
     if not ids and not bad_seen:
         log.error(f"holds no ids; {expected}", rel)
     return ids
 
 
 # ------------------------------------------------------------------------------------------------- folders
-def list_images(folder: Path) -> list[str]:
-    """Sorted names of the image files directly in ``folder`` (by extension, case-insensitive)."""
+def list_images(folder: Path, log: ProblemLog | None = None, rel_dir: str = "") -> list[str]:
+    """Sorted names of the image files directly in ``folder`` (by extension, case-insensitive).
+
+    An image name that is a dangling symbolic link is not an image file; with ``log`` it is reported as an error
+    (file ``rel_dir + name``) instead of vanishing from the dataset unnoticed.
+    """
+    names: list[str] = []
     with os.scandir(folder) as it:
-        return sorted(e.name for e in it if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        for e in it:
+            if not e.name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            if e.is_file():
+                names.append(e.name)
+            elif log is not None and e.is_symlink():
+                log.error(dangling(Path(e.path)), rel_dir + e.name)
+    return sorted(names)
+
+
+def dangling(link: Path) -> str:
+    """The message for a symbolic link whose target does not exist."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        target = "?"
+    full = target if os.path.isabs(target) else os.path.join(os.path.dirname(link), target)
+    return f"dangling symbolic link (its target {full} does not exist); restore the target or remove the link"
 
 
 def list_dirs(folder: Path) -> list[str]:

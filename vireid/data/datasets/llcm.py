@@ -72,7 +72,7 @@ def parse(root: Path, options: DatasetOptions, log: ProblemLog) -> CrossModalDat
                     log.warning("folder name is not an identity number; ignored", rel_dir)
                     continue
                 pid = int(pid_name)
-                files = list_images(top / cam_name / pid_name)
+                files = list_images(top / cam_name / pid_name, log, rel_dir)
                 for stray in stray_files(top / cam_name / pid_name):
                     log.warning("not an image file; ignored", rel_dir + stray)
                 if pid not in wanted:

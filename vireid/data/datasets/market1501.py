@@ -80,7 +80,7 @@ def _scan(root: Path, folder: str, log: ProblemLog, dropped: dict[str, int]) -> 
     for stray in stray_files(path):
         log.warning("not an image file; ignored", f"{folder}/{stray}")
     out: list[Sample] = []
-    for name in list_images(path):
+    for name in list_images(path, log, f"{folder}/"):
         rel = f"{folder}/{name}"
         parsed = parse_name(name)
         if parsed is None:
@@ -192,7 +192,7 @@ def _check_twins(root: Path, originals: str, twins: str, log: ProblemLog, *, sev
         log.add(severity, f"fake-IR twin folder missing; it should hold one twin per image of {originals}/ "
                           f"(same file names)", f"{twins}/")  # type: ignore[arg-type]
         return set()
-    a, b = list_images(root / originals), list_images(root / twins)
+    a, b = list_images(root / originals), list_images(root / twins, log, f"{twins}/")
     if a == b:
         return set(b)
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))

@@ -57,7 +57,7 @@ def parse(root: Path, options: DatasetOptions, log: ProblemLog) -> CrossModalDat
             pid = int(name)
             for stray in stray_files(cam_dir / name):
                 log.warning("not an image file; ignored", rel_dir + stray)
-            files = list_images(cam_dir / name)
+            files = list_images(cam_dir / name, log, rel_dir)
             if not files:
                 log.warning("empty identity folder (treated as absent)", rel_dir)
                 continue
@@ -82,6 +82,16 @@ def parse(root: Path, options: DatasetOptions, log: ProblemLog) -> CrossModalDat
     train = _samples(folders, train_ids, labels)
     val = _samples(folders, sorted(ids["val"]), labels)
     test = _samples(folders, sorted(ids["test"]), {})
+    # training pairs RGB with IR images and the protocol queries IR against RGB: a split without one modality
+    # would only fail later (in the sampler, or as an empty query set)
+    for split, samples, rel in (("training", train, ID_FILES["train"][0]), ("test", test, ID_FILES["test"][0])):
+        if not samples:
+            continue
+        for modality, name, cams in ((INFRARED, "IR", IR_CAMERAS), (VISIBLE, "RGB", RGB_CAMERAS)):
+            if not any(s.modality == modality for s in samples):
+                folders_ = ", ".join(f"cam{c}/" for c in cams)
+                log.error(f"the {split} split has no {name} images (none of its ids has a folder in {folders_}); "
+                          f"VI-ReID needs both modalities: restore those folders", rel)
 
     info = {
         "train_ids": sorted(ids["train"]),
