@@ -281,3 +281,29 @@ def test_check_writable_helpers(tmp_path):
         check_writable_file(tmp_path)
     assert check_writable_file(f) == f and f.read_text() == "x"  # an existing file is left as it was
     np.testing.assert_equal(sorted(p.name for p in tmp_path.iterdir()), ["f.txt"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# item 6: a report does not depend on the working directory
+
+
+def test_report_from_another_folder_finds_the_images_of_a_relative_dataset_root(tiny, tmp_path):
+    """Train with a relative data.root (as configs/*.yaml have), then run `vireid report` from another folder: the
+    checkpoint stores the absolute dataset root, so the ranked lists are drawn instead of "not reachable"."""
+    import torch
+
+    from _checkpoint import tiny_overrides
+
+    out = tmp_path / "elsewhere" / "run"  # not below the dataset's folder: only the stored root can find it
+    sets = [s for s in tiny_overrides(tiny.parent / "SYSU-MM01", tmp_path / "cache", out)
+            if not s.startswith("data.root=")] + ["data.root=SYSU-MM01"]
+    trained = _vireid("train", str(DEMO_YAML), "--quiet", "--set", *sets, cwd=tiny.parent)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["meta"]["dataset_root"] == str((tiny.parent / "SYSU-MM01").resolve())
+    other = tmp_path / "other"
+    other.mkdir()
+    rep = _vireid("report", str(out), "--out", str(other / "r.html"), cwd=other)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    page = (other / "r.html").read_text()
+    assert 'data-figure="ranked-worst"' in page and "not reachable" not in page

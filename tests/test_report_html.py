@@ -211,6 +211,7 @@ def test_unreachable_dataset_root_is_said_on_the_page(tiny: Path, tmp_path: Path
     ckpt["meta"]["config_yaml"] = ckpt["meta"]["config_yaml"].replace(
         f"root: {tiny.parent / 'SYSU-MM01'}", "root: /nonexistent/datasets/SYSU-MM01")
     assert "/nonexistent/datasets/SYSU-MM01" in ckpt["meta"]["config_yaml"]
+    ckpt["meta"]["dataset_root"] = "/nonexistent/datasets/SYSU-MM01"  # the absolute root it stores (issue 12)
     torch.save(ckpt, run / "best.pt")
     results = json.loads((run / "results.json").read_text())
     results["checkpoint"] = str(run / "best.pt")

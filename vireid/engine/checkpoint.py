@@ -10,8 +10,8 @@ loads with ``torch.load(weights_only=True)`` — opening a checkpoint from the i
       "optimizer": ... | None, "scaler": ... | None, "schedule": ... | None,
       "rng": [per-rank states from vireid.engine.seeding.get_rng_state] | None,
       "progress": {"epoch": e, "step_in_epoch": s, "global_step": g},
-      "meta": {"config_yaml", "vireid_version", "git_commit", "dataset", "trial", "method", "best_metric",
-               "select_metric", "world_size", "saved_at", ...},
+      "meta": {"config_yaml", "vireid_version", "git_commit", "dataset", "dataset_root" (absolute), "trial",
+               "method", "best_metric", "select_metric", "world_size", "saved_at", ...},
     }
 
 ``epoch`` / ``step_in_epoch`` say where training continues: epoch ``e``, after its first ``s`` sampler steps.
@@ -69,12 +69,20 @@ def make_meta(
     dataset: str | None = None,
     trial: int | None = None,
     method: str | None = None,
+    dataset_root: str | os.PathLike[str] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Provenance for a checkpoint: config text, dataset, trial, method name, vireid version and git commit."""
+    """Provenance for a checkpoint: config text, dataset, its absolute root, trial, method name, vireid version and
+    git commit.
+
+    ``dataset_root`` defaults to the config's ``data.root`` resolved against the working directory *now*: configs
+    hold relative roots (``data/SYSU-MM01``), and ``vireid report`` / ``vireid test`` run later from another folder
+    must still find the images.
+    """
     meta: dict[str, Any] = {
         "config_yaml": config_yaml,
         "dataset": dataset,
+        "dataset_root": _absolute_root(dataset_root, config_yaml),
         "trial": None if trial is None else int(trial),
         "method": method,
         "vireid_version": __version__,
@@ -82,6 +90,21 @@ def make_meta(
     }
     meta.update(extra)
     return meta
+
+
+def _absolute_root(root: str | os.PathLike[str] | None, config_yaml: str | None) -> str | None:
+    """``root`` (else the config's data.root) as an absolute path; None when neither is known."""
+    if root is None and config_yaml:
+        import yaml
+
+        try:
+            data = (yaml.safe_load(config_yaml) or {}).get("data") or {}
+        except (yaml.YAMLError, AttributeError):
+            data = {}
+        root = data.get("root") if isinstance(data, dict) else None
+    if root is None or str(root) == "":
+        return None
+    return str(Path(root).expanduser().resolve())
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -9,8 +9,9 @@ HTML page with inline CSS and every image embedded as a base64 ``data:`` URI (no
 * the spread over trials (a table of per-trial values and a strip plot);
 * ranked lists of the worst and the best queries by average precision: distances are recomputed from
   ``test_features.npz`` for the first trial of the protocol (same galleries and removal rules as the evaluation),
-  and the images are read from the dataset root recorded in the checkpoint's config; when that root is not
-  reachable from this machine the page says so instead;
+  and the images are read from the dataset root recorded in the checkpoint (its absolute path, so the working
+  directory does not matter; see :func:`dataset_root`); when that root is not reachable from this machine the page
+  says so instead;
 * training curves from ``log.jsonl``: loss terms and learning rates per step, validation metrics per epoch.
 
 Accepted folders: a ``vireid train`` output folder (``results.json`` or ``test_results.json``, ``log.jsonl``,
@@ -474,13 +475,36 @@ def _load_config(run: RunFolder) -> tuple[Any, dict[str, Any]]:
         return None, {}
 
 
-def _ranked_section(run: RunFolder, cfg: Any, queries: int, top: int) -> tuple[str, dict[str, Any]]:
+def dataset_root(run: RunFolder, cfg: Any, meta: dict[str, Any]) -> Path | None:
+    """Where the run's test images are, independent of the working directory.
+
+    In order: the absolute root the checkpoint stored when it was written (``meta.dataset_root``); the config's
+    ``data.root`` when absolute; a relative ``data.root`` resolved against the working directory, then against the
+    run folder and each folder above it (checkpoints written before the root was stored were mostly trained from a
+    folder above their run folder). The first that is a folder wins; else the config's value (the page says it is
+    not reachable), or None without a config.
+    """
+    stored = meta.get("dataset_root")
+    if isinstance(stored, str) and stored and Path(stored).is_dir():
+        return Path(stored)
+    if cfg is None:
+        return Path(stored) if isinstance(stored, str) and stored else None
+    root = Path(cfg.data.root).expanduser()
+    if root.is_absolute() or root.is_dir():
+        return root
+    base = (run.run_dir or run.root).resolve()
+    for folder in (base, *base.parents):
+        if (folder / root).is_dir():
+            return folder / root
+    return Path(stored) if isinstance(stored, str) and stored else root
+
+
+def _ranked_section(run: RunFolder, root: Path | None, queries: int, top: int) -> tuple[str, dict[str, Any]]:
     """HTML of the worst/best ranked lists (or the reason they are missing) and facts for the caller."""
     facts: dict[str, Any] = {}
     if run.features_path is None:
         return '<p class="note">No test_features.npz in the run folder: the ranked lists need the test features ' \
                "(run <code>vireid test CHECKPOINT</code> to write them).</p>", facts
-    root = Path(cfg.data.root) if cfg is not None else None
     try:
         lists = recompute_trial(run.features_path, run.results, root)
     except VireidError as exc:
@@ -529,6 +553,7 @@ def render_report(run: RunFolder, *, queries: int = 4, top: int = 8) -> str:
 
     results = run.results
     cfg, meta = _load_config(run)
+    root = dataset_root(run, cfg, meta)
     title_bits = [str(results.get("dataset") or (cfg.data.dataset if cfg is not None else "")),
                   str(meta.get("method") or (cfg.method.name if cfg is not None else "")).upper()]
     title = " · ".join(b for b in title_bits if b) or "run"
@@ -544,7 +569,7 @@ def render_report(run: RunFolder, *, queries: int = 4, top: int = 8) -> str:
              ("model", None if cfg is None else f"{cfg.model.arch}, specific_stages={cfg.model.specific_stages}, "
                                                f"non_local={cfg.model.non_local}, pooling={cfg.model.pooling}"),
              ("input size", None if cfg is None else f"{cfg.data.height}x{cfg.data.width}"),
-             ("dataset root", None if cfg is None else cfg.data.root),
+             ("dataset root", root),
              ("trained with vireid", meta.get("vireid_version")), ("git commit", meta.get("git_commit")),
              ("report by vireid", __version__), ("generated", time.strftime("%Y-%m-%d %H:%M:%S"))]
 
@@ -569,7 +594,7 @@ def render_report(run: RunFolder, *, queries: int = 4, top: int = 8) -> str:
         sections.append('<section id="trials"><h2>Per-trial spread</h2><p class="note">The results file has no '
                         "per-trial values.</p></section>")
 
-    ranked, _ = _ranked_section(run, cfg, queries, top)
+    ranked, _ = _ranked_section(run, root, queries, top)
     sections.append(f'<section id="ranked"><h2>Worst and best queries</h2>{ranked}</section>')
 
     if run.log_path is None:
