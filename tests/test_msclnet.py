@@ -18,6 +18,7 @@ from vireid.methods.msclnet import DEFAULT_WEIGHTS, MSCLNetMethod
 from vireid.models import build_model
 from vireid.models.msclnet_modules import (
     FeatureInstanceNorm,
+    ModalityIdentityClassifier,
     MogrifierLSTMCell,
     SynergyEncoder,
     class_centers,
@@ -190,6 +191,23 @@ def test_instance_norm_is_affine_by_default_and_matches_eq1_by_hand() -> None:
     assert plain.gamma is None and plain.beta is None and not list(plain.parameters())
     x_hat = torch.tensor([[[[-r0, r0], [-r0, r0]], [[-r1, -r1], [r1, r1]]]])
     torch.testing.assert_close(plain(x), x_hat, atol=1e-6, rtol=0)
+
+
+def test_lt_classifier_is_bias_free_linear_shared_or_per_modality() -> None:
+    shared = ModalityIdentityClassifier(3, 2)
+    assert [n for n, _ in shared.named_parameters()] == ["heads.0.fc.weight"]  # no bias
+    with torch.no_grad():
+        shared.heads[0].fc.weight.copy_(torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]]))
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    # logits = x W^T: [1 - 3, 0.5 + 4] = [-2, 4.5], the same head for both modalities
+    for modality in (0, 1):
+        torch.testing.assert_close(shared(x, modality), torch.tensor([[-2.0, 4.5]]))
+    split = ModalityIdentityClassifier(3, 2, per_modality=True)
+    assert len(split.heads) == 2
+    split(x, 1).sum().backward()
+    assert split.heads[0].fc.weight.grad is None and split.heads[1].fc.weight.grad is not None
+    with pytest.raises(ValueError, match="modality must be 0"):
+        shared(x, 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
