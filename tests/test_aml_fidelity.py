@@ -270,7 +270,11 @@ def test_stage1_pool_size_on_synthetic_market1501_gen(tmp_path: Path) -> None:
 
 
 def test_diagnostics_split_per_modality_and_cross_modal_by_hand() -> None:
-    from vireid.clustering import Association, clustering_diagnostics, feature_diagnostics
+    from vireid.clustering import (
+        Association,
+        clustering_diagnostics,
+        feature_diagnostics,
+    )
 
     # RGB: ids 1,1,2,2 clustered perfectly (raw and final); IR: ids 1,1,2,2 clustered perfectly, but the association
     # swapped the two identities: per-modality ARI 1, match precision 0, per-sample match accuracy 0

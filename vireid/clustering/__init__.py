@@ -15,24 +15,28 @@ from vireid.clustering.association import (
 )
 from vireid.clustering.dbscan import cluster_dbscan, dbscan_sparse
 from vireid.clustering.diagnostics import clustering_diagnostics, feature_diagnostics
-from vireid.clustering.jaccard import clustering_weights, jaccard_distance, jaccard_distance_sparse
+from vireid.clustering.jaccard import (
+    clustering_weights,
+    jaccard_distance,
+    jaccard_distance_sparse,
+)
 from vireid.clustering.kmeans import ClusteringError, cosine_kmeans, reference_kmeans
 
 __all__ = [
+    "Association",
+    "ClusteringError",
+    "associate",
+    "cluster_centroids",
+    "cluster_cross_modal",
+    "cluster_dbscan",
+    "clustering_diagnostics",
+    "clustering_weights",
+    "cosine_kmeans",
+    "dbscan_sparse",
+    "feature_diagnostics",
+    "hungarian_match",
     "jaccard_distance",
     "jaccard_distance_sparse",
-    "clustering_weights",
-    "dbscan_sparse",
-    "cluster_dbscan",
-    "cosine_kmeans",
     "reference_kmeans",
-    "ClusteringError",
-    "cluster_centroids",
     "ward_merge",
-    "hungarian_match",
-    "Association",
-    "associate",
-    "cluster_cross_modal",
-    "clustering_diagnostics",
-    "feature_diagnostics",
 ]

@@ -32,7 +32,12 @@ from scipy.optimize import linear_sum_assignment
 
 from vireid.clustering.dbscan import dbscan_sparse
 from vireid.clustering.jaccard import jaccard_distance_sparse
-from vireid.clustering.kmeans import ClusteringError, cosine_kmeans, normalized_features, reference_kmeans
+from vireid.clustering.kmeans import (
+    ClusteringError,
+    cosine_kmeans,
+    normalized_features,
+    reference_kmeans,
+)
 
 __all__ = [
     "Association",

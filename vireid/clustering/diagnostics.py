@@ -108,7 +108,7 @@ def clustering_diagnostics(
             out[f"ari_{name}_raw"] = float(adjusted_rand_score(t[k], p[k])) if k.any() else nan
     maj_r, maj_i = _majority(tr, lr, num), _majority(ti, li, num)
     out["match_precision"] = float((maj_r[paired] == maj_i[paired]).mean()) if paired.any() else nan
-    k = (lr >= 0) & paired[np.maximum(lr, 0)]
+    k = (lr >= 0) & (paired[np.clip(lr, 0, None)] if num else False)
     out["match_accuracy_rgb"] = float((maj_i[lr[k]] == tr[k]).mean()) if k.any() else nan
     return out
 

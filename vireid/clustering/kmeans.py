@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from vireid.errors import VireidError
 
-__all__ = ["cosine_kmeans", "kmeans_plusplus", "reference_kmeans", "ClusteringError"]
+__all__ = ["ClusteringError", "cosine_kmeans", "kmeans_plusplus", "reference_kmeans"]
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ._util import as_float, full_precision
 from .metric import pairwise_euclidean
 
-__all__ = ["symmetric_kl", "two_way_kl", "similarity_structure", "distance_structure"]
+__all__ = ["distance_structure", "similarity_structure", "symmetric_kl", "two_way_kl"]
 
 
 def _reduce(x: torch.Tensor, reduction: str, name: str) -> torch.Tensor:
