@@ -307,3 +307,7 @@ def test_report_from_another_folder_finds_the_images_of_a_relative_dataset_root(
     assert rep.returncode == 0, rep.stderr[-3000:]
     page = (other / "r.html").read_text()
     assert 'data-figure="ranked-worst"' in page and "not reachable" not in page
+    # `vireid test` from there too (the config's relative root does not resolve in `other`)
+    tested = _vireid("test", str(out / "last.pt"), "--out", str(other / "t"), cwd=other)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert (other / "t" / "test_results.json").is_file()

@@ -39,14 +39,36 @@ def run(args: argparse.Namespace) -> int:
     lock = lock_run_folder(out, "--out folder") if Path(args.checkpoint).is_file() else None
     if lock is None:
         check_writable_dir(out, "--out folder")
+    root = args.dataset_root if args.dataset_root is not None else stored_dataset_root(args.checkpoint)
     try:
         test_checkpoint(args.checkpoint, out_dir=args.out, protocol=args.protocol, mode=args.mode,
-                        direction=args.direction, trials=args.trials, dataset_root=args.dataset_root,
+                        direction=args.direction, trials=args.trials, dataset_root=root,
                         trial=args.trial, allow_trial_mismatch=args.allow_trial_mismatch, flip=args.flip)
     finally:
         if lock is not None:
             lock.release()
     return 0
+
+
+def stored_dataset_root(checkpoint: str) -> str | None:
+    """The absolute dataset root a checkpoint stored (meta.dataset_root), when its config's ``data.root`` is a
+    relative path that does not resolve from this working directory; else None (the config's root is used)."""
+    from pathlib import Path
+
+    import torch
+    import yaml
+
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        meta = ckpt.get("meta") or {}
+        data = (yaml.safe_load(meta.get("config_yaml") or "") or {}).get("data") or {}
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported by test_checkpoint itself
+        return None
+    configured = Path(str(data.get("root") or "")).expanduser()
+    stored = meta.get("dataset_root")
+    if configured.is_dir() or not isinstance(stored, str) or not Path(stored).is_dir():
+        return None
+    return stored
 
 
 def check_test_options(args: argparse.Namespace) -> None:
