@@ -363,11 +363,11 @@ def export_checkpoint(
     """
     require_onnx()  # fail before loading anything
     path = Path(checkpoint)
-    from vireid.training import load_any_checkpoint
+    from vireid.checkpoints import load_any_checkpoint
 
-    model, cfg = load_any_checkpoint(path, checkpoint_format, size=size)
-    height, width = cfg.data.height, cfg.data.width
-    feature = feature or cfg.eval.feature
+    model, settings = load_any_checkpoint(path, checkpoint_format, size=size)
+    height, width = settings.height, settings.width
+    feature = feature or settings.feature
     if out is None:
         out = path.parent / "onnx"
         if graph == "modality-input":
