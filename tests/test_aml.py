@@ -182,7 +182,7 @@ def test_stage2_state_carries_labels_and_resized_memories():
 
 
 def test_pseudo_label_sampler_epoch_and_positions():
-    from vireid.training_aml import PseudoLabelSampler
+    from vireid.data.pools import PseudoLabelSampler
 
     mods = np.array([0, 1, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1])
     cams = np.array([1, 2, 1, 3, 2, 1, 3, 1, 2, 3, 1, 2])
@@ -205,8 +205,9 @@ def test_pseudo_label_sampler_epoch_and_positions():
 
 def test_stage2_starts_from_stage1_backbones_only(tmp_path):
     from vireid.engine.checkpoint import save_checkpoint
-    from vireid.training_aml import _init_from
-    from vireid.config import PhaseConfig
+    from vireid.engine.checkpoint import load_checkpoint
+    from vireid.methods.aml import AMLPhase, _init_from
+    from vireid.methods.base import Phase
 
     s1 = _stage1()
     with torch.no_grad():
@@ -216,7 +217,8 @@ def test_stage2_starts_from_stage1_backbones_only(tmp_path):
                     optimizer_state={}, progress={"epoch": 1, "step_in_epoch": 0, "global_step": 3}, meta={})
     s2 = _stage2()
     p_before = s2.model.pooling.p.detach().clone()
-    _init_from(s2, tmp_path / "last.pt", PhaseConfig(name="b", stage=2), previous_stage=1)
+    source = Phase("a", setup=lambda ctx: None, info={"stage": 1})  # type: ignore[arg-type,return-value]
+    _init_from(AMLPhase(name="b", stage=2), s2, load_checkpoint(tmp_path / "last.pt")["method"], source)
     for name, value in s1.model.backbone.state_dict().items():
         assert torch.equal(s2.model.backbone.state_dict()[name], value)
     for name, value in s1.model2.backbone.state_dict().items():
@@ -231,19 +233,19 @@ def test_aml_configs_load_and_chain_their_phases():
                 "regdb": ["stage1_run1", "stage1_run2", "stage2_B"]}
     for name, phases in expected.items():
         cfg = load_config(REPO / "configs" / "aml" / f"{name}.yaml")
-        assert [p.name for p in cfg.aml.phases] == phases
+        assert [p.name for p in cfg.method.phases] == phases
         assert cfg.method.name == "aml" and cfg.model.specific_stages == -1 and cfg.model.classifier == "circle"
-        assert cfg.aml.phases[1].kl_weight == 0.1 and cfg.aml.phases[0].kl_weight == 0.0
-        assert all(p.init == prev.name for prev, p in zip(cfg.aml.phases, cfg.aml.phases[1:]))
-        assert cfg.aml.source.target == name.replace("_", "")
-        stage2 = [p for p in cfg.aml.phases if p.stage == 2]
+        assert cfg.method.phases[1].kl_weight == 0.1 and cfg.method.phases[0].kl_weight == 0.0
+        assert all(p.init == prev.name for prev, p in zip(cfg.method.phases, cfg.method.phases[1:]))
+        assert cfg.method.source.target == name.replace("_", "")
+        stage2 = [p for p in cfg.method.phases if p.stage == 2]
         assert [p.clustering for p in stage2] == (["kmeans"] if name == "regdb" else ["dbscan", "kmeans"])
         assert all(p.iterations == 12000 and p.num_ids * p.num_instances == 128 for p in stage2)
-    assert load_config(REPO / "configs/aml/regdb.yaml").aml.phases[-1].recluster_every == 200
+    assert load_config(REPO / "configs/aml/regdb.yaml").method.phases[-1].recluster_every == 200
     assert load_config(REPO / "configs/aml/sysu_mm01.yaml").eval.protocol == "sysu-official"
-    with pytest.raises(ConfigError, match=r"aml.phases\[1\].init"):
+    with pytest.raises(ConfigError, match=r"method.phases\[1\].init"):
         load_config(REPO / "configs/aml/sysu_mm02.yaml",
-                    ["aml.phases=[{name: a, stage: 1}, {name: b, stage: 2, init: nope}]"])
+                    ["method.phases=[{name: a, stage: 1}, {name: b, stage: 2, init: nope}]"])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -257,11 +259,11 @@ def _overrides(data: Path, out: Path, it1: int, it2: int, *extra: str) -> list[s
               f"lr: 1.0e-4, warmup: 1, kl_weight: 0.01, clustering: dbscan, num_ids: 4, num_instances: 4}}, "
               f"{{name: s2B, stage: 2, init: s2A, iterations: {it2}, lr: 1.0e-4, warmup: 1, kl_weight: 0.01, "
               f"clustering: kmeans, num_ids: 4, num_instances: 4}}]")
-    return [f"data.root={data / 'SYSU-MM02'}", f"aml.source.root={data / 'market1501_gen'}",
+    return [f"data.root={data / 'SYSU-MM02'}", f"method.source.root={data / 'market1501_gen'}",
             f"data.cache_dir={data / 'cache'}", "data.height=32", "data.width=16", "data.workers=0",
             "model.arch=resnet18_half", "model.pretrained=none", "train.device=cpu", "train.threads=2",
-            "train.log_every=1", "train.checkpoint_every=2", "aml.kmeans_k=12", "aml.k1=8", "aml.k2=3",
-            "aml.eps=0.6", "aml.min_samples=2", f"output_dir={out}", f"aml.phases={phases}", *extra]
+            "train.log_every=1", "train.checkpoint_every=2", "method.kmeans_k=12", "method.k1=8", "method.k2=3",
+            "method.eps=0.6", "method.min_samples=2", f"output_dir={out}", f"method.phases={phases}", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +283,7 @@ def _final_state(out: Path, phase: str) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_pipeline_runs_every_phase_and_resumes_where_killed(synthetic_aml, tmp_path, monkeypatch):
     from vireid.training import train
-    import vireid.training_aml as aml
+    import vireid.methods.aml as aml
 
     cfg = load_config(REPO / "configs/aml/sysu_mm02.yaml", _overrides(synthetic_aml, tmp_path / "full", 3, 4))
     full = train(cfg, progress=False)

@@ -181,7 +181,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def test_cli_export_of_a_trained_checkpoint(tiny: Path, tmp_path: Path, capsys, ort) -> None:
-    from vireid.training import load_trained_model
+    from vireid.checkpoints import load_trained_model
 
     out = tmp_path / "deploy" / "agw.onnx"
     rc = main(["export", str(tiny / "best.pt"), "--format", "onnx", "--out", str(out), "--graph", "modality-input",

@@ -15,7 +15,7 @@ from vireid.cli import main
 from vireid.data.cache import ImageCache
 from vireid.inference.extract import extract_features
 from vireid.inference.images import DEFAULT_IR_THRESHOLD, ir_scores, layout_ids
-from vireid.training import load_trained_model
+from vireid.checkpoints import load_trained_model
 
 IR_CAMS = (3, 6)
 

@@ -65,7 +65,7 @@ def small(synth: dict[str, Path], out: Path, *extra: str, dataset: str = "sysu")
           "train.milestones=[]", "train.log_every=2", "train.eval_every=100", "eval.trials=3", f"output_dir={out}",
           # pinned here so that changes to the demo recipe do not change these tests
           "method.name=agw", "augment.pad=6", "augment.erasing=0.0", "augment.adaptive_gray=0.0",
-          "augment.channel_exchange=false", "train.lr=0.1", "sampler.num_ids=8", "sampler.num_instances=4"]
+          "train.lr=0.1", "sampler.num_ids=8", "sampler.num_instances=4"]
     if dataset == "regdb":
         ov += ["data.dataset=regdb", "data.trial=1"]
     return ov + list(extra)
@@ -118,7 +118,6 @@ def method_run(synth: dict[str, Path], base: Path, method: str) -> tuple[Path, d
     if method not in _RUNS:
         out = base / method
         cfg = load_config(DEMO_YAML, small(synth, out, f"method.name={method}", f"train.epochs={EPOCHS}",
-                                           f"augment.channel_exchange={str(method == 'caj').lower()}",
                                            f"train.steps_per_epoch={STEPS}", f"train.log_every={LOG_EVERY}",
                                            "sampler.num_ids=4", "eval.trials=10"))
         _RUNS[method] = (out, train(cfg, progress=False))
@@ -310,7 +309,8 @@ def test_regdb_test_refuses_another_trial(regdb_runs, tmp_path):
 
 def test_split_train_val_sysu_holds_out_exactly_the_val_ids(synth):
     from vireid import build
-    from vireid.training import split_train_val, validation_plan
+    from vireid.data.pools import split_train_val
+    from vireid.evaluation.validation import validation_plan
 
     cfg = load_config(DEMO_YAML, small(synth, synth["sysu"].parent / "unused"))
     ds = build.dataset_from_config(cfg.data)
@@ -336,7 +336,7 @@ def test_split_train_val_sysu_holds_out_exactly_the_val_ids(synth):
 @pytest.mark.parametrize("trial", [1, 2])
 def test_split_train_val_regdb_holds_out_training_ids(synth, trial):
     from vireid import build
-    from vireid.training import split_train_val
+    from vireid.data.pools import split_train_val
 
     cfg = load_config(DEMO_YAML, small(synth, synth["regdb"].parent / "unused", f"data.trial={trial}",
                                        dataset="regdb"))
@@ -365,12 +365,18 @@ def test_unknown_loss_weight_is_a_one_line_config_error(method, terms):
     from vireid import build
 
     cfg = load_config(DEMO_YAML, [f"method.name={method}", "method.weights.foo=1", "model.arch=resnet18_half",
-                                  f"augment.channel_exchange={str(method == 'caj').lower()}",
                                   "model.pretrained=none", "model.non_local=false", "data.height=64",
                                   "data.width=32"])
+    from vireid.methods.agw import AGW
+    from vireid.methods.caj import CAJ
+    from vireid.methods.msclnet import MSCLNetMethod
+
     model = build.model_from_config(cfg.model, 5)
     with pytest.raises(ConfigError) as info:
-        build.method_from_config(cfg, model, 5)
+        if method == "msclnet":
+            MSCLNetMethod(model, 5, weights=cfg.method.weights)
+        else:
+            {"agw": AGW, "caj": CAJ}[method](model, height=64, width=32, weights=cfg.method.weights)
     msg = str(info.value)
     assert "\n" not in msg and "foo" in msg and terms in msg
 

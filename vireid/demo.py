@@ -26,7 +26,7 @@ from vireid.data.records import Sample
 DEMO_RECIPE: dict[str, Any] = {
     "data": {"dataset": "sysu_mm01", "root": "vireid-demo/SYSU-MM01", "height": 128, "width": 64, "workers": 2},
     "sampler": {"num_ids": 8, "num_instances": 4},
-    "augment": {"pad": 6, "flip": 0.5, "erasing": 0.5, "channel_exchange": True, "adaptive_gray": 0.5},
+    "augment": {"pad": 6, "flip": 0.5, "erasing": 0.5, "adaptive_gray": 0.5},
     "model": {"arch": "resnet18_half", "pretrained": "none", "non_local": False, "last_stride": 1},
     "method": {"name": "caj"},
     "train": {"epochs": 24, "lr": 0.1, "schedule": "agw", "warmup_epochs": 2, "milestones": [17, 22],
@@ -88,7 +88,8 @@ def _run_demo(out: Path, *, ids: int, epochs: int | None, seed: int, device: str
               progress: bool) -> dict[str, Any]:
     from vireid.engine.seeding import seed_everything
     from vireid.evaluation.report import format_table
-    from vireid.training import evaluate_samples, test_plan, train
+    from vireid.testing import evaluate_on_test_set, test_plan
+    from vireid.training import train
 
     start = time.perf_counter()
     cfg = demo_config(out, epochs=epochs, seed=seed, device=device)
@@ -105,7 +106,7 @@ def _run_demo(out: Path, *, ids: int, epochs: int | None, seed: int, device: str
     seed_everything(cfg.seed)
     untrained_model = build.model_from_config(cfg.model, 0).to(dev)
     say("[2/4] evaluating the untrained model (sysu protocol, IR -> RGB, 10 trials)")
-    untrained, _ = evaluate_samples(untrained_model, ds.root, ds.test, plan, cfg, dev, progress=progress)
+    untrained, _ = evaluate_on_test_set(untrained_model, cfg, ds, dev, progress)
 
     say(f"[3/4] training {cfg.method.name.upper()} on {cfg.model.arch} for {cfg.train.epochs} epochs on {dev}")
     trained = train(cfg, progress=progress)

@@ -1,12 +1,17 @@
-"""Supervised cross-modality training from a config, and testing a checkpoint with the dataset's protocol.
+"""Training any registered method from a config: its phase plan run by the generic trainer, then the test.
 
-``train(cfg)`` reads the dataset, holds out validation identities, builds the image caches, the sampler, the
-method and the trainer, trains (resumable), then tests the selected model on the test set with the protocol and
-writes ``results.json``, ``test_features.npz`` and ``cmc.png`` into ``output_dir``. ``test_checkpoint`` does the
-last part for any checkpoint.
+``train(cfg)`` looks up ``cfg.method.name`` in the method registry, asks the method for its
+:class:`~vireid.methods.base.PhasePlan` (one phase for supervised methods, several for AML) and runs each phase in
+order: the phase's ``setup`` gets a :class:`Context` (the run's shared settings and services), returns a
+:class:`~vireid.methods.base.PhaseRun`, and the :class:`~vireid.engine.trainer.Trainer` trains it (resumable). The
+selected model is then tested with the dataset's protocol: ``results.json``, ``test_features.npz`` and ``cmc.png``
+in ``output_dir``. No method is named here.
 
-Model selection never looks at the test set: SYSU-MM01 holds out its official val ids, the other datasets a
-``train.holdout_ids`` fraction of training identities; validation is IR -> RGB retrieval among those identities.
+A one-phase plan trains into ``output_dir`` itself; a multi-phase plan trains each phase into
+``<output_dir>/<phase>/``, skips finished phases on ``--resume``, starts a phase from an earlier one's final
+weights (``Phase.init``) and reports the untrained model, the model after phases marked ``test_after`` and the
+final one. Model selection never looks at the test set: ``train.validation: holdout`` keeps ``best.pt`` by
+validation mAP on held-out identities; ``none`` (the published recipes) keeps the last epoch.
 """
 
 from __future__ import annotations
@@ -14,146 +19,95 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from vireid import build
-from vireid.config import Config, dump_yaml, from_dict
-from vireid.data.cache import ImageCache, batch_to_tensor
-from vireid.data.records import CrossModalDataset, Sample, relabel
-from vireid.errors import CheckpointError, ConfigError, DataError
-from vireid.evaluation.protocols import ProtocolPlan, Trial, build_protocol, evaluate_protocol, pool_from_samples
+from vireid.checkpoints import TestSettings, load_trained_model
+from vireid.config import Config, DataConfig, dump_yaml
+from vireid.data.cache import ImageCache
+from vireid.data.pools import split_train_val
+from vireid.data.records import CrossModalDataset, Sample
+from vireid.engine import distributed as dist
+from vireid.engine.checkpoint import load_checkpoint, make_meta
+from vireid.engine.seeding import seed_everything
+from vireid.engine.trainer import Trainer
+from vireid.errors import ConfigError
+from vireid.evaluation.validation import validation_plan
+from vireid.inference.evaluate import evaluate_samples
+from vireid.inference.extract import extract_features
+from vireid.methods.base import Phase, PhasePlan
+from vireid.methods.registry import get_method
+from vireid.testing import evaluate_on_test_set, open_cache, test_checkpoint
 
-SUPERVISED_DATASETS = ("sysu_mm01", "regdb", "llcm")
+__all__ = ["Context", "train"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# data
-
-
-def split_train_val(ds: CrossModalDataset, validation: str, holdout: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Training samples (relabelled 0..C-1) and validation samples (identities never trained on, or none)."""
-    if validation == "none":
-        return relabel(ds.train), []
-    if ds.name == "sysu_mm01":
-        val_ids = set(ds.info.get("val_ids", []))
-    else:
-        ids = sorted({s.pid for s in ds.train})
-        count = max(2, int(round(holdout * len(ids))))
-        if count >= len(ids):
-            raise DataError(f"{ds.root}: {len(ids)} training identities are too few to hold out {count} for "
-                            "validation; set train.validation=none")
-        rng = np.random.default_rng(seed)
-        val_ids = set(rng.choice(ids, size=count, replace=False).tolist())
-    train = [s for s in ds.train if s.pid not in val_ids]
-    val = [replace(s, label=-1) for s in ds.train if s.pid in val_ids]
-    return relabel(train), val
-
-
-def validation_plan(val: Sequence[Sample]) -> ProtocolPlan:
-    """IR queries against every RGB image of the held-out identities; standard CMC, nothing removed."""
-    pool = pool_from_samples(val, "validation")
-    query = np.flatnonzero(pool.modalities == 1)
-    gallery = np.flatnonzero(pool.modalities == 0)
-    never_q = np.full(len(pool.pids), -1, dtype=np.int64)
-    return ProtocolPlan("validation", [Trial(0, query, gallery)], pool.pids, never_q, never_q - 1,
-                        cmc="standard", direction="i2v")
-
-
-def open_cache(root: Path, samples: Sequence[Sample], cfg: Config, progress: bool) -> ImageCache:
-    return ImageCache.open_or_build(root, [s.path for s in samples], cfg.data.height, cfg.data.width,
-                                    cache_dir=cfg.data.cache_dir, workers=cfg.data.workers, progress=progress)
+# the context a method's phases see
 
 
 @dataclass
-class TrainArrays:
-    """The training samples as arrays aligned with the training cache rows."""
+class Context:
+    """The run's shared settings and services (see :class:`vireid.methods.base.RunContext`)."""
 
-    cache: ImageCache
-    labels: np.ndarray
-    camids: np.ndarray
-    rgb_rows: np.ndarray
-    ir_rows: np.ndarray
+    cfg: Config
+    device: torch.device
+    dataset: CrossModalDataset
+    train_samples: list[Sample]
+    val_samples: list[Sample]
+    progress: bool = True
+    _validation_caches: dict[int, ImageCache] = field(default_factory=dict)
 
-    @classmethod
-    def build(cls, cache: ImageCache, samples: Sequence[Sample]) -> "TrainArrays":
-        mods = np.array([s.modality for s in samples])
-        return cls(cache, np.array([s.label for s in samples], dtype=np.int64),
-                   np.array([s.camid for s in samples], dtype=np.int64),
-                   np.flatnonzero(mods == 0), np.flatnonzero(mods == 1))
+    def __post_init__(self) -> None:
+        c = self.cfg
+        self.data, self.sampler, self.augment, self.model = c.data, c.sampler, c.augment, c.model
+        self.train, self.eval, self.seed = c.train, c.eval, c.seed
+        self.rank, self.world_size, self.main = dist.rank(), dist.world_size(), dist.is_main()
+        self.output_dir = Path(c.output_dir)
 
-    def fetch(self, rgb_idx: Sequence[int], ir_idx: Sequence[int]) -> tuple:
-        """The trainer's ``fetch_batch``: sampler indices (into the RGB / IR rows) -> uint8 images, labels, cameras."""
-        r, i = self.rgb_rows[np.asarray(rgb_idx)], self.ir_rows[np.asarray(ir_idx)]
-        return (batch_to_tensor(self.cache.batch(r)).contiguous(), batch_to_tensor(self.cache.batch(i)).contiguous(),
-                torch.from_numpy(self.labels[r]), torch.from_numpy(self.labels[i]),
-                torch.from_numpy(self.camids[r]), torch.from_numpy(self.camids[i]))
+    def build_model(self, num_classes: int) -> nn.Module:
+        return build.model_from_config(self.cfg.model, num_classes)
 
+    def load_dataset(self, data: DataConfig) -> CrossModalDataset:
+        return build.dataset_from_config(data)
 
-class LimitedSampler:
-    """A sampler cut to ``steps`` steps per epoch (``train.steps_per_epoch``), same batches otherwise."""
+    def open_cache(self, root: Path, samples: Sequence[Sample]) -> ImageCache:
+        """Every rank opens the same cache; rank 0 builds it first so that the others only read it."""
+        if self.main:
+            cache = open_cache(self.cfg, root, samples, self.progress and self.main)
+        dist.barrier()
+        if not self.main:
+            cache = open_cache(self.cfg, root, samples, False)
+        return cache
 
-    def __init__(self, sampler: Any, steps: int) -> None:
-        self.sampler, self.steps = sampler, steps
-        self.rank, self.world_size = sampler.rank, sampler.world_size
+    def validator(self, samples: Sequence[Sample]) -> Callable[[nn.Module], dict[str, float]] | None:
+        """``validate(model) -> {rank1, mAP, mINP}`` on held-out samples (IR -> RGB), or None without any.
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        Every rank gets the same answer (a function or None); only rank 0 builds the cache, since only it validates.
+        """
+        if not samples:
+            return None
+        cache = open_cache(self.cfg, self.dataset.root, samples, self.progress) if self.main else None
+        plan = validation_plan(samples)
+        settings, device, mods = TestSettings.of(self.cfg), self.device, [s.modality for s in samples]
 
-    def __len__(self) -> int:
-        return min(self.steps, len(self.sampler))
+        def validate(model: nn.Module) -> dict[str, float]:
+            assert cache is not None  # called on rank 0 only
+            summary, _ = evaluate_samples(model, cache, mods, plan, settings, device)
+            return {k: summary[k] for k in ("rank1", "mAP", "mINP")}
 
-    def __iter__(self):
-        for k, batch in enumerate(self.sampler):
-            if k >= self.steps:
-                return
-            yield batch
+        return validate
 
-
-# --------------------------------------------------------------------------------------------------------------------
-# evaluation of a model
-
-
-def evaluate_samples(model: torch.nn.Module, root: Path, samples: Sequence[Sample], plan: ProtocolPlan,
-                     cfg: Config, device: torch.device, *, progress: bool = False,
-                     cache: ImageCache | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """Extract features of ``samples`` and evaluate ``plan`` on them; returns (summary, features)."""
-    from vireid.inference.extract import extract_features
-
-    cache = cache or open_cache(root, samples, cfg, progress)
-    feats = extract_features(model, cache, [s.modality for s in samples], batch_size=cfg.eval.batch_size,
-                             device=device, flip=cfg.eval.flip, feature=cfg.eval.feature, progress=progress)
-    return evaluate_protocol(feats, plan, device=str(device)).summary(), feats
-
-
-def make_validator(root: Path, val: Sequence[Sample], cfg: Config, device: torch.device, *, main: bool,
-                   progress: bool) -> Any:
-    """The trainer's ``validate(model) -> {rank1, mAP, mINP}`` on held-out samples (IR -> RGB), or None without any.
-
-    Every rank gets the same answer (a function or None); only rank 0 builds the cache, since only it validates.
-    """
-    if not val:
-        return None
-    cache = open_cache(root, val, cfg, progress) if main else None
-    plan = validation_plan(val)
-
-    def validate(m: torch.nn.Module) -> dict[str, float]:
-        summary, _ = evaluate_samples(m, root, val, plan, cfg, device, cache=cache)
-        return {k: summary[k] for k in ("rank1", "mAP", "mINP")}
-
-    return validate
-
-
-def test_plan(cfg: Config, ds: CrossModalDataset) -> ProtocolPlan:
-    pool = pool_from_samples(ds.test, f"{ds.name} test set")
-    name = build.protocol_name(cfg.data, cfg.eval)
-    trials = cfg.eval.trials if name in ("sysu", "sysu-official", "llcm") else None
-    return build_protocol(name, pool, mode=cfg.eval.mode, trials=trials, direction=cfg.eval.direction,
-                          dataset_root=ds.root, test_ids=ds.info.get("test_ids"))
+    def extract(self, model: nn.Module, cache: ImageCache, modalities: np.ndarray, *, flip: bool,
+                feature: str) -> np.ndarray:
+        return extract_features(model, cache, modalities, batch_size=self.cfg.eval.batch_size, device=self.device,
+                                flip=flip, feature=feature)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -161,10 +115,8 @@ def test_plan(cfg: Config, ds: CrossModalDataset) -> ProtocolPlan:
 
 
 def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` (every RegDB trial in ``data.trials`` in turn) and test; returns the results summary.
-
-    ``method.name: aml`` runs the AML phases (:mod:`vireid.training_aml`).
-    """
+    """Train ``cfg`` (every RegDB trial in ``data.trials`` in turn, each into ``trial_<t>/``) and test; returns the
+    results summary."""
     if cfg.data.dataset == "regdb" and cfg.data.trials:
         per_trial = []
         for t in cfg.data.trials:
@@ -172,30 +124,19 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> dict[s
             sub.data.trial, sub.data.trials = t, []
             sub.output_dir = str(Path(cfg.output_dir) / f"trial_{t}")
             result = train(sub, resume=resume, progress=progress)
-            per_trial.append(result.get("final", result))  # AML: the final test of each trial
+            per_trial.append(result.get("final", result))  # multi-phase plans: the final test of each trial
         return _regdb_mean(cfg, per_trial)
-    if cfg.method.name == "aml":
-        from vireid.training_aml import train_aml
-
-        return train_aml(cfg, resume=resume, progress=progress)
     return _train_one(cfg, resume=resume, progress=progress)
 
 
-def _train_one(cfg: Config, *, resume: bool, progress: bool) -> dict[str, Any]:
-    from vireid.data.sampling import CrossModalIdentitySampler
-    from vireid.engine import distributed as dist
-    from vireid.engine.checkpoint import make_meta
-    from vireid.engine.seeding import seed_everything
-    from vireid.engine.trainer import Trainer
+def _phase_dir(out: Path, phase: Phase) -> Path:
+    return out / phase.name if phase.name else out
 
-    if cfg.data.dataset not in SUPERVISED_DATASETS:
-        raise ConfigError(f"data.dataset={cfg.data.dataset}: supervised cross-modality training needs labelled RGB "
-                          f"and IR training images ({', '.join(SUPERVISED_DATASETS)}); SYSU-MM02 training data is "
-                          "unlabeled (use the AML recipe)")
+
+def _train_one(cfg: Config, *, resume: bool, progress: bool) -> dict[str, Any]:
+    spec = get_method(cfg.method.name)
     out = Path(cfg.output_dir)
-    if not resume and (out / "last.pt").is_file():
-        raise ConfigError(f"{out}/last.pt exists: pass --resume to continue that run, or choose another "
-                          "output_dir (--set output_dir=...)")
+    ds = None
     seed_everything(cfg.seed, threads=cfg.train.threads)
     device = build.device_from_config(cfg.train.device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: join the process group
@@ -205,49 +146,98 @@ def _train_one(cfg: Config, *, resume: bool, progress: bool) -> dict[str, Any]:
 
     ds = build.dataset_from_config(cfg.data)
     train_samples, val_samples = split_train_val(ds, cfg.train.validation, cfg.train.holdout_ids, cfg.seed)
-    num_classes = len({s.label for s in train_samples})
-    # model and method first: a bad model config or missing weights fails before minutes of caching
-    model = build.model_from_config(cfg.model, num_classes)
-    method = build.method_from_config(cfg, model, num_classes)
-    optimizer = build.optimizer_from_config(cfg, method)
-    # every rank builds/opens the same cache; rank 0 first so the others only read it
-    if main:
-        train_cache = open_cache(ds.root, train_samples, cfg, show)
-    dist.barrier()
-    if not main:
-        train_cache = open_cache(ds.root, train_samples, cfg, False)
-    arrays = TrainArrays.build(train_cache, train_samples)
+    ctx = Context(cfg, device, ds, train_samples, val_samples, progress=show)
+    plan: PhasePlan = spec.plan(cfg.method, ctx)
+    started = [_phase_dir(out, p) for p in plan.phases if (_phase_dir(out, p) / "last.pt").is_file()]
+    if started and not resume:
+        raise ConfigError(f"{started[0]}/last.pt exists: pass --resume to continue that run, or choose another "
+                          "output_dir (--set output_dir=...)")
+    single = len(plan.phases) == 1 and not plan.phases[0].name and not plan.test_untrained
 
-    sampler: Any = CrossModalIdentitySampler(arrays.labels[arrays.rgb_rows], arrays.labels[arrays.ir_rows],
-                                             cfg.sampler.num_ids, cfg.sampler.num_instances, seed=cfg.seed,
-                                             rank=dist.rank(), world_size=dist.world_size())
-    if cfg.train.steps_per_epoch is not None:
-        sampler = LimitedSampler(sampler, cfg.train.steps_per_epoch)
+    results: dict[str, Any] = {"method": spec.name, "dataset": cfg.data.dataset, "phases": []}
+    results_path = out / "results.json"
+    if not single and resume and results_path.is_file():
+        kept = {"untrained"} | {p.test_after for p in plan.phases if p.test_after}
+        results.update({k: v for k, v in json.loads(results_path.read_text()).items() if k in kept})
+    if not single and plan.test_untrained and main and "untrained" not in results:
+        # the untrained model on the target test set (the baseline each phase must beat)
+        torch.manual_seed(cfg.seed)
+        untrained = ctx.build_model(0).to(device)
+        results["untrained"] = evaluate_on_test_set(untrained, cfg, ds, device, show)[0]
+        out.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2))
 
-    # every rank passes the same validate (or None): the trainer calls it on rank 0 and the others wait at a
-    # barrier, so a rank without it would skip that barrier and deadlock the next collective
-    validate = make_validator(ds.root, val_samples, cfg, device, main=main, progress=show)
-
-    meta = make_meta(config_yaml=dump_yaml(cfg), dataset=cfg.data.dataset,
-                     trial=cfg.data.trial if cfg.data.dataset == "regdb" else None, method=cfg.method.name,
-                     num_classes=num_classes, model=dict(model.build_kwargs))
-    trainer = Trainer(method, optimizer, build.schedule_from_config(cfg), sampler, arrays.fetch,
-                      epochs=cfg.train.epochs, device=device, amp=build.amp_from_config(cfg.train.amp, device),  # type: ignore[arg-type]
-                      channels_last=cfg.train.channels_last, grad_accum_steps=cfg.train.grad_accum, out_dir=out,
-                      seed=cfg.seed, checkpoint_every_steps=cfg.train.checkpoint_every, validate=validate,
-                      validate_every_epochs=cfg.train.eval_every, select_metric="mAP", log_every=cfg.train.log_every,
-                      progress=show, meta=meta)
-    if resume and not trainer.resume() and main:
-        print(f"no checkpoint in {out}: starting a new run")
-    fit = trainer.fit()
+    fit: dict[str, Any] = {}
+    by_name = {p.name: p for p in plan.phases}
+    for phase in plan.phases:
+        phase_dir = _phase_dir(out, phase)
+        if resume and phase.total_steps is not None and _finished(phase_dir / "last.pt", phase.total_steps):
+            if show:
+                print(f"phase {phase.name}: finished, skipped")
+        else:
+            fit = _run_phase(cfg, spec.name, phase, by_name, phase_dir, ctx, resume=resume)
+            results["phases"].append({"name": phase.name, "fit": fit})
+        if main and phase.test_after and phase.test_after not in results:
+            model, _, _ = load_trained_model(phase_dir / "last.pt", device=str(device))
+            results[phase.test_after] = evaluate_on_test_set(model, cfg, ds, device, show)[0]
+            results_path.write_text(json.dumps(results, indent=2))
     if not main:
         return {"fit": fit}
-    chosen = out / ("best.pt" if (out / "best.pt").is_file() else "last.pt")
-    results = test_checkpoint(chosen, out_dir=out, progress=show, dataset=ds, device=str(device))
-    results["fit"] = fit
-    results["selected_checkpoint"] = chosen.name
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    final_dir = _phase_dir(out, plan.phases[-1])
+    chosen = final_dir / ("best.pt" if (final_dir / "best.pt").is_file() else "last.pt")
+    final = test_checkpoint(chosen, out_dir=out, progress=show, dataset=ds, device=str(device))
+    if single:
+        results = final
+        results["fit"] = fit
+        results["selected_checkpoint"] = chosen.name
+    else:
+        results["final"] = final
+        results["selected_checkpoint"] = str(chosen.relative_to(out))
+        results["selection"] = "validation mAP (best.pt)" if chosen.name == "best.pt" else \
+            "final weights (no labelled validation data on this target)"
+    results_path.write_text(json.dumps(results, indent=2))
+    if plan.on_finish is not None:
+        plan.on_finish(out)
     return results
+
+
+def _finished(path: Path, total_steps: int) -> bool:
+    """Whether ``path`` (a phase's last.pt) records the phase's full optimiser-step count."""
+    return path.is_file() and int(load_checkpoint(path)["progress"]["global_step"]) >= total_steps
+
+
+def _run_phase(cfg: Config, method_name: str, phase: Phase, phases: dict[str, Phase], phase_dir: Path, ctx: Context,
+               *, resume: bool) -> dict[str, Any]:
+    run = phase.setup(ctx)
+    if phase.init and not (resume and (phase_dir / "last.pt").is_file()):
+        source = phases[phase.init]
+        state = load_checkpoint(_phase_dir(Path(cfg.output_dir), source) / "last.pt")["method"]
+        if phase.init_from is not None:
+            phase.init_from(run.method, state, source)
+        else:
+            own = run.method.state_dict()
+            run.method.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    model = getattr(run.method, "model", run.method)
+    extra = {"phase": phase.name} if phase.name else {}
+    meta = make_meta(config_yaml=dump_yaml(cfg), dataset=cfg.data.dataset,
+                     trial=cfg.data.trial if cfg.data.dataset == "regdb" else None, method=method_name,
+                     num_classes=run.num_classes, model=dict(getattr(model, "build_kwargs", {})), **extra, **run.meta)
+    t = cfg.train
+    # every rank passes the same validate (or None): the trainer calls it on rank 0 and the others wait at a
+    # barrier, so a rank without it would skip that barrier and deadlock the next collective
+    trainer = Trainer(run.method, run.optimizer, run.schedule, run.sampler, run.fetch, epochs=run.epochs,
+                      device=ctx.device, amp=build.amp_from_config(t.amp, ctx.device),  # type: ignore[arg-type]
+                      channels_last=t.channels_last, grad_accum_steps=t.grad_accum, out_dir=phase_dir, seed=cfg.seed,
+                      checkpoint_every_steps=t.checkpoint_every, validate=run.validate,
+                      validate_every_epochs=t.eval_every, select_metric="mAP", log_every=t.log_every,
+                      progress=ctx.progress, meta=meta, schedule_unit=run.schedule_unit, max_steps=run.max_steps,
+                      on_epoch_start=run.on_epoch_start)
+    if run.on_epoch_start is not None:
+        run.on_epoch_start.bind(trainer.logger.log, lambda: trainer.global_step)
+    if resume and not trainer.resume() and ctx.main and not phase.name:
+        print(f"no checkpoint in {phase_dir}: starting a new run")
+    return trainer.fit()
 
 
 def _regdb_mean(cfg: Config, per_trial: list[dict[str, Any]]) -> dict[str, Any]:
@@ -262,101 +252,4 @@ def _regdb_mean(cfg: Config, per_trial: list[dict[str, Any]]) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# testing a checkpoint
-
-
-def config_of_checkpoint(ckpt: dict[str, Any], source: Path) -> Config:
-    import yaml
-
-    text = ckpt.get("meta", {}).get("config_yaml")
-    if not text:
-        raise CheckpointError(f"{source}: carries no config (meta.config_yaml); it was not written by vireid train")
-    return from_dict(Config, yaml.safe_load(text), source=f"{source} (embedded config)")
-
-
-def load_trained_model(path: str | Path, *, expect_trial: int | None = None, strict_trial: bool = True,
-                       device: str = "cpu") -> tuple[torch.nn.Module, Config, dict[str, Any]]:
-    """Rebuild the model a vireid checkpoint was trained with and load its weights (safe loading)."""
-    from vireid.engine.checkpoint import load_checkpoint, load_model_state
-
-    path = Path(path)
-    ckpt = load_checkpoint(path, expect_trial=expect_trial, strict_trial=strict_trial, map_location=device)
-    cfg = config_of_checkpoint(ckpt, path)
-    num_classes = int(ckpt["meta"].get("num_classes") or 0)
-    model = build.model_from_config(cfg.model, num_classes, pretrained="none")
-    load_model_state(model, ckpt["model"], path)
-    return model.to(device).eval(), cfg, ckpt
-
-
-FOREIGN_DEFAULTS = {"agw": ((288, 144), False), "fastreid": ((384, 128), True)}
-"""Input size and flip-averaging of checkpoints from the original repositories (AGW/CAJ test at 288x144; AML's
-fast-reid at 384x128 with flip-averaged features). CAJ tests with flip: pass ``flip=True`` for CAJ checkpoints."""
-
-
-def load_any_checkpoint(path: str | Path, checkpoint_format: str = "vireid", *, size: tuple[int, int] | None = None,
-                        flip: bool | None = None, device: str = "cpu") -> tuple[torch.nn.Module, Config]:
-    """A model and the config of its test-time settings from a vireid checkpoint or, with ``checkpoint_format``
-    ``"agw"`` (AGW/CAJ ``{'net': ...}``) or ``"fastreid"`` (AML model1), an original-repository checkpoint mapped by
-    :func:`vireid.models.convert.load_foreign_checkpoint` (its config: ``size`` (H, W), ``flip``, BNNeck feature)."""
-    if checkpoint_format == "vireid":
-        model, cfg, _ = load_trained_model(path, device=device)
-    elif checkpoint_format in FOREIGN_DEFAULTS:
-        from vireid.models.convert import load_foreign_checkpoint
-
-        model = load_foreign_checkpoint(path, checkpoint_format).to(device).eval()  # type: ignore[arg-type]
-        cfg = Config()
-        (cfg.data.height, cfg.data.width), cfg.eval.flip = FOREIGN_DEFAULTS[checkpoint_format]
-        cfg.eval.feature = "bn"
-    else:
-        raise ConfigError(f"checkpoint format {checkpoint_format!r} is not known; expected vireid, agw or fastreid")
-    if size is not None:
-        cfg.data.height, cfg.data.width = int(size[0]), int(size[1])
-    if flip is not None:
-        cfg.eval.flip = bool(flip)
-    return model, cfg
-
-
-def test_checkpoint(path: str | Path, *, out_dir: str | Path | None = None, protocol: str | None = None,
-                    mode: str | None = None, direction: str | None = None, trials: int | None = None,
-                    dataset_root: str | Path | None = None, trial: int | None = None,
-                    allow_trial_mismatch: bool = False, flip: bool | None = None, progress: bool = True,
-                    dataset: CrossModalDataset | None = None, device: str | None = None) -> dict[str, Any]:
-    """Extract test features with a checkpoint, write them as a features file and evaluate the protocol.
-
-    ``trial`` (RegDB): the trial under test, default the checkpoint's; a different trial is refused unless
-    ``allow_trial_mismatch`` (then it warns), because the other trial's test ids were training ids.
-    """
-    from vireid.evaluation.features import save_features
-    from vireid.evaluation.report import format_table, plot_cmc, write_json
-
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, ckpt = load_trained_model(path, expect_trial=trial, strict_trial=not allow_trial_mismatch, device=dev)
-    if trial is not None:
-        cfg.data.trial = trial
-    if dataset_root is not None:
-        cfg.data.root = str(dataset_root)
-    for key, value in (("protocol", protocol), ("mode", mode), ("direction", direction), ("trials", trials),
-                       ("flip", flip)):
-        if value is not None:
-            setattr(cfg.eval, key, value)
-    ds = dataset if dataset is not None else build.dataset_from_config(cfg.data)
-    plan = test_plan(cfg, ds)
-    summary, feats = evaluate_samples(model, ds.root, ds.test, plan, cfg, torch.device(dev), progress=progress)
-    out = Path(out_dir) if out_dir is not None else Path(path).parent
-    out.mkdir(parents=True, exist_ok=True)  # `vireid test --out NEW_FOLDER`
-    save_features(out / "test_features.npz", feats, np.array([s.pid for s in ds.test], dtype=np.int64),
-                  np.array([s.camid for s in ds.test], dtype=np.int64),
-                  np.array([s.modality for s in ds.test], dtype=np.int64), [s.path for s in ds.test])
-    summary["checkpoint"] = str(path)
-    summary["dataset"] = cfg.data.dataset
-    if cfg.data.dataset == "regdb":
-        summary["trial"] = cfg.data.trial
-    write_json(out / "test_results.json", summary)
-    plot_cmc(out / "cmc.png", summary)
-    if progress:
-        print(format_table(summary))
     return summary

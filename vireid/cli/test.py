@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vireid.engine.lock import lock_run_folder
     from vireid.outputs import check_writable_dir
-    from vireid.training import test_checkpoint
+    from vireid.testing import test_checkpoint
 
     check_test_options(args)
     out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent

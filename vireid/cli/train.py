@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "train"
-HELP = "Train a recipe (AGW, CAJ, MSCLNet, AML) from a YAML config, then test it with the protocol."
+HELP = "Train a registered method's recipe (AGW, CAJ, MSCLNet, AML, ...) from a YAML config, then test it."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

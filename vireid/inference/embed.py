@@ -24,6 +24,7 @@ import torch
 
 from vireid.data.cache import ImageCache
 from vireid.data.images import load_resized
+from vireid.checkpoints import TestSettings, load_any_checkpoint
 from vireid.errors import ConfigError, FeaturesError
 from vireid.inference.extract import extract_features
 from vireid.inference.images import (DEFAULT_IR_THRESHOLD, MODALITY_CODE, ImageList, decide_modalities, ir_scores,
@@ -92,13 +93,13 @@ class Embedder:
         gallery.save("gallery.npz")
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: Any, checkpoint: Path, device: torch.device,
+    def __init__(self, model: torch.nn.Module, settings: TestSettings, checkpoint: Path, device: torch.device,
                  batch_size: int | None = None, workers: int = 2) -> None:
         self.model = model.eval()
-        self.cfg = cfg
+        self.settings = settings
         self.checkpoint = checkpoint
         self.device = device
-        self.batch_size = int(cfg.eval.batch_size if batch_size is None else batch_size)
+        self.batch_size = int(settings.batch_size if batch_size is None else batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
         self.workers = max(0, int(workers))
@@ -111,12 +112,10 @@ class Embedder:
         or does not fit the architecture its config describes) onto ``device`` (``auto``: cuda when available).
 
         ``checkpoint_format="agw"|"fastreid"`` loads an original-repository checkpoint instead
-        (:func:`vireid.training.load_any_checkpoint`); ``size`` and ``flip`` override the test-time settings."""
-        from vireid.training import load_any_checkpoint
-
+        (:func:`vireid.checkpoints.load_any_checkpoint`); ``size`` and ``flip`` override the test-time settings."""
         dev = resolve_device(device)
-        model, cfg = load_any_checkpoint(checkpoint, checkpoint_format, size=size, flip=flip, device=str(dev))
-        return cls(model, cfg, Path(checkpoint), dev, batch_size, workers)
+        model, settings = load_any_checkpoint(checkpoint, checkpoint_format, size=size, flip=flip, device=str(dev))
+        return cls(model, settings, Path(checkpoint), dev, batch_size, workers)
 
     # ----------------------------------------------------------------------------------------------------------------
     @property
@@ -126,19 +125,19 @@ class Embedder:
 
     @property
     def height(self) -> int:
-        return int(self.cfg.data.height)
+        return int(self.settings.height)
 
     @property
     def width(self) -> int:
-        return int(self.cfg.data.width)
+        return int(self.settings.width)
 
     @property
     def flip(self) -> bool:
-        return bool(self.cfg.eval.flip)
+        return bool(self.settings.flip)
 
     @property
     def feature(self) -> str:
-        return str(self.cfg.eval.feature)
+        return str(self.settings.feature)
 
     def describe(self) -> dict[str, Any]:
         """Provenance for reports: checkpoint, input size, flip, feature, dimension, device."""

@@ -375,10 +375,10 @@ def export_checkpoint(
             out = out / "model.onnx"
     if graph in GRAPHS:
         check_writable_dir(output_files(out, graph)[0].parent, "--out folder")  # before loading the model
-    from vireid.training import load_any_checkpoint
+    from vireid.checkpoints import load_any_checkpoint
 
-    model, cfg = load_any_checkpoint(path, checkpoint_format, size=size)
-    height, width = cfg.data.height, cfg.data.width
-    feature = feature or cfg.eval.feature
+    model, settings = load_any_checkpoint(path, checkpoint_format, size=size)
+    height, width = settings.height, settings.width
+    feature = feature or settings.feature
     return export_onnx(model, out, height=int(height), width=int(width), graph=graph, opset=opset, batch=batch,
                        feature=feature, flip=flip, checkpoint=str(path))

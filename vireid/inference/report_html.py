@@ -464,7 +464,7 @@ def _load_config(run: RunFolder) -> tuple[Any, dict[str, Any]]:
     try:
         import torch
 
-        from vireid.training import config_of_checkpoint
+        from vireid.checkpoints import config_of_checkpoint
 
         ckpt = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
         if not isinstance(ckpt, dict) or ckpt.get("format") != "vireid-checkpoint":

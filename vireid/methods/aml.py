@@ -32,17 +32,36 @@ continues with exactly the labels it was trained with.
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
 import torch
 from torch import nn
 
+from vireid.clustering import cluster_centroids, cluster_cross_modal, clustering_diagnostics
+from vireid.data.cache import ImageCache
+from vireid.data.pools import PairFetch, PoolFetch, PseudoLabelSampler, TwinPairSampler
 from vireid.data.transforms import (
     AMLStage1Transform,
     RandomChannelGray,
+    aml_stage1_transform,
     aml_train_transform,
 )
+from vireid.engine import distributed as dist
+from vireid.engine.schedules import WarmupHoldCosine
+from vireid.errors import ConfigError, DataError
 from vireid.losses import batch_hard_triplet, circle_logits, cross_entropy
 from vireid.losses.aml import distance_structure, similarity_structure, symmetric_kl
-from vireid.methods.base import Batch, Method, cams_or_unknown
+from vireid.losses.memory import ClusterMemory
+from vireid.methods.base import Batch, Method, Phase, PhasePlan, PhaseRun, RunContext, cams_or_unknown
+from vireid.methods.registry import MethodSettings, MethodSpec, register_method
+from vireid.settings import DataConfig, check
+
 
 def _modality(value: int, n: int, device: torch.device) -> torch.Tensor:
     return torch.full((n,), value, dtype=torch.long, device=device)
@@ -189,3 +208,357 @@ class AMLStage2(_AMLMethod):
             terms["dist"] = self.dist_weight * distance_structure(f1, f2, detach_teacher=False)
         terms["loss"] = sum(terms.values())
         return terms
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the plug-in: settings (the ``method:`` YAML section), phases, registration
+
+
+@dataclass
+class AMLPhase:
+    """One phase of the AML recipe (stage-1 runs 1 and 2, stage-2 runs A and B; SPEC 6).
+
+    A phase trains for ``iterations`` optimiser steps with Adam and a per-iteration warm-up / hold / cosine schedule
+    into ``<output_dir>/<name>/``, starting from the final weights of phase ``init`` ("" = the model's
+    ``pretrained`` weights). A finished phase is skipped on ``--resume``; an interrupted one continues.
+    """
+
+    name: str = "phase"
+    stage: int = 1
+    """1 = RGB-gray mutual learning on the auxiliary source; 2 = cross-modality self-training on the target."""
+    iterations: int = 15000
+    lr: float = 3.5e-4
+    init: str = ""
+    warmup: int = 2000
+    warmup_factor: float = 0.01
+    hold_until: int | None = None
+    """Constant lr until this iteration, then cosine to ``final_lr`` (None: stage 1 9,000; stage 2 = warmup)."""
+    final_lr: float = 7.7e-7
+    kl_weight: float = 0.0
+    """Mutual KL weight (stage 1: 0 in run 1, 0.1 in run 2; stage 2: 0.01)."""
+    clustering: Literal["dbscan", "kmeans"] = "dbscan"
+    """Stage 2: Jaccard + DBSCAN (run A) or cosine k-means (run B)."""
+    recluster_every: int | None = None
+    """Stage 2: re-cluster every this many iterations (RegDB: 200); None = once the samples trained since the last
+    clustering exceed the number of kept (non-outlier) samples (an "epoch")."""
+    num_ids: int = 4
+    num_instances: int = 16
+
+    def validate(self, key: str) -> None:
+        check(self.stage in (1, 2), f"{key}.stage", self.stage, "1 or 2")
+        check(self.iterations >= 1, f"{key}.iterations", self.iterations, "an integer >= 1")
+        check(self.lr > 0, f"{key}.lr", self.lr, "a positive number")
+        check(0 <= self.warmup < self.iterations, f"{key}.warmup", self.warmup, "0 <= warmup < iterations")
+        hold = self.hold_until
+        check(hold is None or self.warmup <= hold < self.iterations, f"{key}.hold_until", hold,
+              "null or warmup <= hold_until < iterations")
+        check(self.kl_weight >= 0, f"{key}.kl_weight", self.kl_weight, "a weight >= 0")
+        check(self.recluster_every is None or self.recluster_every >= 1, f"{key}.recluster_every",
+              self.recluster_every, "null or an integer >= 1")
+        check(self.num_ids >= 1 and self.num_instances >= 2, f"{key}.num_ids/num_instances",
+              (self.num_ids, self.num_instances), "num_ids >= 1 and num_instances >= 2")
+
+
+@dataclass
+class AMLSettings(MethodSettings):
+    """``method:`` of AML (SPEC 6): the auxiliary source data, the phases in order, loss weights, clustering, and
+    AML's own augmentation knobs (the shared ``augment:`` section gives pad, flip and erasing)."""
+
+    name: str = "aml"
+    source: DataConfig = field(default_factory=lambda: DataConfig(dataset="market1501_gen", root="data/market1501_gen"))
+    """Stage-1 data: market1501_gen with the fake-IR twins of ``source.target`` and pplr pseudo labels."""
+    phases: list[AMLPhase] = field(default_factory=list)
+    label_smoothing: float = 0.1
+    circle_scale: float = 64.0
+    circle_margin: float = 0.35
+    sim_weight: float = 0.5
+    """Stage 1: similarity-structure terms (o1 -> o3, o3 -> o2)."""
+    dist_weight: float = 0.05
+    """Stage 2: distance-structure term between the two models."""
+    temperature: float = 0.05
+    memory_momentum: float = 0.2
+    eps: float = 0.4
+    min_samples: int = 4
+    k1: int = 30
+    k2: int = 6
+    kmeans_k: int = 400
+    diagnostics_truth: bool = True
+    """Log ARI/NMI/match precision against the dataset's identity column when it has one (synthetic data, a labelled
+    dataset run unsupervised). Never used for training or model selection."""
+    color_jitter: tuple[float, float] = (0.2, 0.15)
+    """(brightness, contrast) of ColorJitter; (0, 0) disables it."""
+    color_jitter_p: float = 1.0
+    """Probability of applying the colour jitter to a sample (1 = always, as transforms.ColorJitter)."""
+    fake_ir_alpha: float = 0.2
+    """Stage 1: x_t = alpha * norm(fake IR) + (1 - alpha) * gray(norm(x))."""
+    aligned_twin: bool = False
+    """Stage 1: give the fake-IR twin the same crop/flip/erasing box as x (the reference does not)."""
+
+    def validate(self, key: str) -> None:
+        names = [p.name for p in self.phases]
+        check(len(names) > 0, f"{key}.phases", names, "at least one phase (see configs/aml/*.yaml)")
+        check(len(set(names)) == len(names), f"{key}.phases", names, "distinct phase names")
+        for i, p in enumerate(self.phases):
+            check(p.init == "" or p.init in names[:i], f"{key}.phases[{i}].init", p.init,
+                  f"'' or the name of an earlier phase ({', '.join(names[:i]) or 'none'})")
+        check(self.temperature > 0, f"{key}.temperature", self.temperature, "a positive number")
+        check(0 <= self.memory_momentum < 1, f"{key}.memory_momentum", self.memory_momentum, "a value in [0, 1)")
+        check(self.eps > 0 and self.min_samples >= 1, f"{key}.eps/min_samples", (self.eps, self.min_samples),
+              "eps > 0 and min_samples >= 1")
+        check(self.kmeans_k >= 2, f"{key}.kmeans_k", self.kmeans_k, "an integer >= 2")
+        for name in ("color_jitter_p", "fake_ir_alpha"):
+            v = getattr(self, name)
+            check(0.0 <= v <= 1.0, f"{key}.{name}", v, "a probability in [0, 1]")
+        check(min(self.color_jitter) >= 0.0, f"{key}.color_jitter", self.color_jitter, "[brightness, contrast] >= 0")
+
+
+def _schedule(phase: AMLPhase) -> WarmupHoldCosine:
+    hold = phase.hold_until if phase.hold_until is not None else (
+        min(9000, phase.iterations - 1) if phase.stage == 1 else phase.warmup)
+    hold = max(hold, phase.warmup)
+    return WarmupHoldCosine(phase.lr, warmup=phase.warmup, warmup_factor=phase.warmup_factor, hold_until=hold,
+                            total=phase.iterations, final_lr=phase.final_lr)
+
+
+def _models(ctx: RunContext, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """model1 and model2, each from ``ctx.seed`` (the same random draw as the untrained model that is tested)."""
+    torch.manual_seed(ctx.seed)
+    return ctx.build_model(num_classes), ctx.build_model(num_classes)
+
+
+def _init_from(phase: AMLPhase, method: Method, state: dict[str, torch.Tensor], source: Phase) -> None:
+    """Start ``method`` from a finished phase's method state: everything that fits (same stage), or only the
+    backbones (stage 1 -> 2: GeM/BNNeck re-initialised and no classifier, SPEC 6)."""
+    previous_stage = int(source.info["stage"])
+    if phase.stage == 2 and previous_stage == 1:
+        keep = {k: v for k, v in state.items() if k.startswith(("model.backbone.", "model2.backbone."))}
+    elif phase.stage == previous_stage:
+        own = method.state_dict()
+        keep = {k: v for k, v in state.items() if k in own and not k.startswith(("memory", "pseudo_labels",
+                                                                                 "labels_epoch"))}
+    else:
+        raise ConfigError(f"aml phase {phase.name}: cannot start a stage-{phase.stage} phase from a stage-"
+                          f"{previous_stage} phase")
+    missing = method.load_state_dict(keep, strict=False)
+    wanted = [k for k in missing.missing_keys if k.startswith(("model.backbone.", "model2.backbone."))]
+    if wanted:
+        raise ConfigError(f"aml phase {phase.name}: phase {source.name}'s last.pt lacks backbone weights "
+                          f"({', '.join(wanted[:3])}); was it written by another architecture?")
+
+
+def _stage1(s: AMLSettings, phase: AMLPhase, ctx: RunContext) -> PhaseRun:
+    src = ctx.load_dataset(replace(s.source, height=ctx.data.height, width=ctx.data.width,
+                                   cache_dir=ctx.data.cache_dir))
+    samples = [x for x in src.train if x.label >= 0 and x.twin]
+    if not samples:
+        raise DataError(f"{src.root}: no source training image has both a pseudo label and a fake-IR twin")
+    labels = np.unique([x.label for x in samples], return_inverse=True)[1].astype(np.int64)
+    num_classes = int(labels.max()) + 1
+    camids = np.array([x.camid for x in samples], dtype=np.int64)
+    originals = ctx.open_cache(src.root, samples)
+    twins = ctx.open_cache(src.root, [replace(x, path=x.twin) for x in samples])
+    m1, m2 = _models(ctx, num_classes)
+    aug, d = ctx.augment, ctx.data
+    transform = aml_stage1_transform(d.height, d.width, pad=aug.pad, flip=aug.flip, brightness=s.color_jitter[0],
+                                     contrast=s.color_jitter[1], jitter_p=s.color_jitter_p, erasing=aug.erasing,
+                                     erasing_area=aug.erasing_area, erasing_ratio=aug.erasing_ratio,
+                                     alpha=s.fake_ir_alpha, aligned=s.aligned_twin)
+    method = AMLStage1(m1, m2, transform=transform, kl_weight=phase.kl_weight, sim_weight=s.sim_weight,
+                       label_smoothing=s.label_smoothing, circle_scale=s.circle_scale, circle_margin=s.circle_margin)
+    sampler = TwinPairSampler(labels, camids, phase.num_ids, phase.num_instances, ctx.seed + 17, ctx.rank,
+                              ctx.world_size)
+    return _phase_run(phase, method, sampler, PairFetch(originals, twins, labels, camids), ctx, num_classes,
+                      steps_per_epoch=max(1, len(sampler)))
+
+
+def _stage2(s: AMLSettings, phase: AMLPhase, ctx: RunContext) -> PhaseRun:
+    pool = [replace(x, label=-1) for x in ctx.train_samples]  # unlabeled target: the labels are never used
+    # identities (where the pool has them: SYSU-MM02's pid column, synthetic data) only for the diagnostics
+    truth: np.ndarray | None = np.array([x.pid for x in pool], dtype=np.int64) if s.diagnostics_truth else None
+    if truth is not None and (truth < 0).all():
+        truth = None
+    m1, m2 = _models(ctx, 0)
+    mems = [ClusterMemory(m1.feature_dim, 1, temperature=s.temperature, momentum=s.memory_momentum)
+            for _ in range(2)]
+    aug, d = ctx.augment, ctx.data
+    method = AMLStage2(m1, m2, mems[0], mems[1], num_samples=len(pool), height=d.height, width=d.width,
+                       kl_weight=phase.kl_weight, dist_weight=s.dist_weight, pad=aug.pad, flip=aug.flip,
+                       erasing=aug.erasing, erasing_area=aug.erasing_area, erasing_ratio=aug.erasing_ratio,
+                       brightness=s.color_jitter[0], contrast=s.color_jitter[1])
+    cache = ctx.open_cache(ctx.dataset.root, pool)
+    mods = np.array([x.modality for x in pool], dtype=np.int64)
+    cams = np.array([x.camid for x in pool], dtype=np.int64)
+    sampler = PseudoLabelSampler(cams, mods, phase.num_ids, phase.num_instances, ctx.seed + 29, ctx.rank,
+                                 ctx.world_size)
+    fetch = PoolFetch(cache, mods, cams)
+    hook = Reclusterer(method, sampler, fetch, cache, mods, truth, phase, s, seed=ctx.seed, device=ctx.device,
+                       extract=ctx.extract)
+    steps = max(1, phase.recluster_every or math.ceil(len(pool) / (phase.num_ids * phase.num_instances)))
+    return _phase_run(phase, method, sampler, fetch, ctx, 0, steps_per_epoch=steps, hook=hook,
+                      validate=ctx.validator(ctx.val_samples))
+
+
+def _phase_run(phase: AMLPhase, method: Method, sampler: Any, fetch: Any, ctx: RunContext, num_classes: int, *,
+               steps_per_epoch: int, hook: Reclusterer | None = None, validate: Any = None) -> PhaseRun:
+    optimizer = torch.optim.Adam(method.param_groups(phase.lr, ctx.train.weight_decay), lr=phase.lr,
+                                 weight_decay=ctx.train.weight_decay)
+    # epochs: enough for the iterations (stage 2's epochs may be shorter than the estimate: max_steps stops it)
+    epochs = 10 * math.ceil(phase.iterations / steps_per_epoch) + 10
+    return PhaseRun(method=method, sampler=sampler, fetch=fetch, optimizer=optimizer, schedule=_schedule(phase),
+                    schedule_unit="step", epochs=epochs, max_steps=phase.iterations, num_classes=num_classes,
+                    on_epoch_start=hook, validate=validate, meta={"stage": phase.stage})
+
+
+def aml_plan(s: AMLSettings, ctx: RunContext) -> PhasePlan:
+    """Every phase of ``method.phases`` in order; the untrained model and the model after the last stage-1 phase
+    are tested too (what each stage adds); ``clustering.png`` plots the stage-2 re-clusterings at the end."""
+    last_stage1 = max((i for i, p in enumerate(s.phases) if p.stage == 1), default=None)
+    phases = []
+    for i, p in enumerate(s.phases):
+        setup = partial(_stage1 if p.stage == 1 else _stage2, s, p)
+        phases.append(Phase(p.name, setup, init=p.init, init_from=partial(_init_from, p), total_steps=p.iterations,
+                            test_after="stage1" if i == last_stage1 else None, info={"stage": p.stage}))
+    stage2 = [p.name for p in s.phases if p.stage == 2]
+    return PhasePlan(phases, test_untrained=True, on_finish=lambda out: plot_clustering(out, stage2))
+
+
+register_method(MethodSpec(
+    "aml", AMLSettings, aml_plan,
+    summary="AML (TCSVT 2024), unsupervised transferable: stage 1 on Market-1501 + fake IR, stage 2 re-clustering",
+    augment_keys=frozenset({"pad", "flip", "erasing", "erasing_area", "erasing_ratio"}), uses_sampler=False,
+    checkpoint_dirs=lambda s: [p.name for p in s.phases]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# stage 2: re-clustering
+
+
+class GrayView(nn.Module):
+    """``model(gray(x))`` for feature extraction: model2 sees the gray view (a random channel copied to all three),
+    drawn from a seeded generator so that an extraction is reproducible."""
+
+    def __init__(self, model: nn.Module, seed: int) -> None:
+        super().__init__()
+        self.model, self.seed, self.gray = model, seed, RandomChannelGray()
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor, modality: torch.Tensor):
+        if self.generator is None or self.generator.device != x.device:
+            self.generator = torch.Generator(device=x.device)
+            self.generator.manual_seed(self.seed)
+        return self.model(self.gray(x, self.generator), modality)
+
+
+class Reclusterer:
+    """The stage-2 epoch hook: extract, cluster per modality, associate, reset memories, set the sampler's labels."""
+
+    def __init__(self, method: AMLStage2, sampler: PseudoLabelSampler, fetch: PoolFetch, cache: ImageCache,
+                 modalities: np.ndarray, truth: np.ndarray | None, phase: AMLPhase, settings: AMLSettings, *,
+                 seed: int, device: torch.device, extract: Callable[..., np.ndarray]) -> None:
+        self.method, self.sampler, self.fetch, self.cache = method, sampler, fetch, cache
+        self.modalities, self.truth, self.phase, self.settings = modalities, truth, phase, settings
+        self.seed, self.device, self.extract = seed, device, extract
+        self.log: Callable[[dict[str, Any]], None] = lambda row: None
+        self.global_step: Callable[[], int] = lambda: 0
+
+    def bind(self, log: Callable[[dict[str, Any]], None], global_step: Callable[[], int]) -> None:
+        """The trainer's log (for the ``kind: cluster`` rows) and step counter."""
+        self.log, self.global_step = log, global_step
+
+    def steps_for(self, labels: np.ndarray) -> int:
+        if self.phase.recluster_every is not None:
+            return self.phase.recluster_every
+        batch = self.phase.num_ids * self.phase.num_instances
+        return max(1, math.ceil(int((labels >= 0).sum()) / batch))
+
+    def __call__(self, epoch: int) -> None:
+        method = self.method
+        if int(method.labels_epoch) == epoch:  # resumed mid-epoch: the labels this epoch was trained with
+            labels = method.pseudo_labels.cpu().numpy()
+        else:
+            payload = [None]
+            if dist.is_main():
+                payload = [self._cluster(epoch)]
+            if dist.world_size() > 1:
+                torch.distributed.broadcast_object_list(payload, src=0)
+            labels, c1, c2, diag = payload[0]
+            method.memory1.reset(c1.to(self.device))
+            method.memory2.reset(c2.to(self.device))
+            method.set_pseudo_labels(torch.from_numpy(labels), epoch)
+            self.log({"kind": "cluster", "phase": self.phase.name, "epoch": epoch,
+                      "global_step": self.global_step(), **diag})
+        self.fetch.labels = labels
+        self.sampler.set_labels(labels, self.steps_for(labels))
+
+    def _cluster(self, epoch: int):
+        a = self.settings
+        f1, f2 = self._extract_both(self.seed + epoch)
+        feats = np.concatenate([f1, f2], axis=1)
+        rgb, ir = np.flatnonzero(self.modalities == 0), np.flatnonzero(self.modalities == 1)
+        assoc = cluster_cross_modal(feats[rgb], feats[ir], method=self.phase.clustering, eps=a.eps,
+                                    min_samples=a.min_samples, k1=a.k1, k2=a.k2, k=a.kmeans_k, seed=self.seed + epoch)
+        labels = np.full(len(self.modalities), -1, dtype=np.int64)
+        labels[rgb], labels[ir] = assoc.labels_rgb, assoc.labels_ir
+        truth = self.truth
+        diag = clustering_diagnostics(assoc, None if truth is None else truth[rgb], None if truth is None else truth[ir])
+        # memory initialisation: each model's half, centroids over both modalities (labels are 0..C-1, all used)
+        (_, c1), (_, c2) = cluster_centroids(f1, labels), cluster_centroids(f2, labels)
+        return labels, torch.from_numpy(c1), torch.from_numpy(c2), {k: float(v) for k, v in diag.items()}
+
+    def _extract_both(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Flip-averaged, L2-normalised features of model1(x) and model2(gray(x)) for every pool image."""
+        f1 = self.extract(self.method.model, self.cache, self.modalities, flip=True, feature="bn")
+        f2 = self.extract(GrayView(self.method.model2, seed), self.cache, self.modalities, flip=True, feature="bn")
+        self.method.train()
+        return f1, f2
+
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# report
+
+
+def cluster_rows(out: Path, phases: Sequence[str]) -> list[dict[str, Any]]:
+    """The ``kind: cluster`` rows of the named phases' logs, in order."""
+    rows = []
+    for name in phases:
+        log = out / name / "log.jsonl"
+        if log.is_file():
+            rows += [r for r in map(json.loads, log.read_text().splitlines()) if r.get("kind") == "cluster"]
+    return rows
+
+
+def plot_clustering(out: Path, phases: Sequence[str]) -> Path | None:
+    """``clustering.png``: clusters, outlier fraction and (with ground truth) ARI/NMI/match precision per clustering."""
+    rows = cluster_rows(out, phases)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key in ("clusters_rgb", "clusters_ir", "num_clusters"):
+        axes[0].plot(x, [r.get(key, np.nan) for r in rows], marker="o", label=key)
+    axes[0].set_title("clusters")
+    for key in ("outlier_fraction_rgb", "outlier_fraction_ir"):
+        axes[1].plot(x, [r.get(key, np.nan) for r in rows], marker="o", label=key)
+    axes[1].set_title("outlier fraction")
+    for key in ("ari", "nmi", "match_precision"):
+        if any(key in r for r in rows):
+            axes[2].plot(x, [r.get(key, np.nan) for r in rows], marker="o", label=key)
+    axes[2].set_title("agreement with ground truth")
+    starts = [i for i in range(1, len(rows)) if rows[i]["phase"] != rows[i - 1]["phase"]]
+    for ax in axes:
+        for s in starts:
+            ax.axvline(s - 0.5, color="gray", ls=":")
+        ax.set_xlabel("re-clustering (phases separated by dotted lines)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "clustering.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

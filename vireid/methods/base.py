@@ -1,16 +1,31 @@
-"""What every training method provides to the trainer: batches, named loss terms, optimiser parameter groups.
+"""What every training method provides: batches, named loss terms, optimiser parameter groups, and its phases.
 
-A method (AGW, CAJ, MSCLNet, ...) owns its model, its batch augmentation and its losses; the trainer
-(:mod:`vireid.engine`) owns the loop. See docs/training_interfaces.md.
+A method (AGW, CAJ, MSCLNet, AML, ...) owns its model, its batch augmentation and its losses (:class:`Method`); the
+trainer (:mod:`vireid.engine`) owns the loop. How a method trains is a :class:`PhasePlan`: one :class:`Phase` for
+supervised methods, several for AML. Each phase's ``setup(ctx)`` returns a :class:`PhaseRun` (method, sampler,
+fetch, optimiser, schedule, hook) that :mod:`vireid.training` runs with the generic trainer; the
+:class:`RunContext` gives a phase the run's shared settings and services (datasets, caches, models, validation,
+feature extraction) instead of the global config. See docs/adding_a_method.md and docs/training_interfaces.md.
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+
+from vireid.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only
+    from vireid.data.cache import ImageCache
+    from vireid.data.records import CrossModalDataset, Sample
+    from vireid.settings import AugmentConfig, DataConfig, EvalConfig, ModelConfig, SamplerConfig, TrainConfig
 
 
 @dataclass
@@ -25,11 +40,20 @@ class Batch:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def to(self, device: torch.device | str, memory_format: torch.memory_format | None = None) -> "Batch":
-        images = self.images.to(device, non_blocking=True)
-        if memory_format is not None:
-            images = images.contiguous(memory_format=memory_format)
-        return Batch(images, self.labels.to(device), self.modalities.to(device), self.camids.to(device))
+    @classmethod
+    def of_parts(cls, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], modalities: Sequence[int],
+                 cams: Sequence[torch.Tensor | None]) -> "Batch":
+        """The one way to assemble a batch: parts (views) in order, each with its labels, modality tag (0/1) and
+        cameras (None = unknown, -1); e.g. AGW ``[rgb, ir]``, CAJ ``[rgb, exchanged, ir]``."""
+        device = images[0].device
+        sizes = [int(x.shape[0]) for x in images]
+        return cls(
+            images=torch.cat(list(images)),
+            labels=torch.cat([lab.to(device=device, dtype=torch.long) for lab in labels]),
+            modalities=torch.cat([torch.full((n,), int(m), dtype=torch.long, device=device)
+                                  for m, n in zip(modalities, sizes)]),
+            camids=torch.cat([cams_or_unknown(c, n, device) for c, n in zip(cams, sizes)]),
+        )
 
 
 class Method(nn.Module, metaclass=abc.ABCMeta):
@@ -73,3 +97,127 @@ def cams_or_unknown(cams: torch.Tensor | None, n: int, device: torch.device) -> 
     if cams is None:
         return torch.full((n,), -1, dtype=torch.long, device=device)
     return cams.to(device=device, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# phases
+
+
+class EpochHook(Protocol):
+    """``hook(epoch)`` before every epoch (e.g. re-clustering); ``bind`` gives it the trainer's log and step."""
+
+    def __call__(self, epoch: int) -> None: ...
+
+    def bind(self, log: Callable[[dict[str, Any]], None], global_step: Callable[[], int]) -> None: ...
+
+
+@dataclass
+class PhaseRun:
+    """Everything the generic trainer needs for one phase (returned by :attr:`Phase.setup`).
+
+    ``schedule`` maps the 0-based epoch (``schedule_unit="epoch"``) or optimiser step (``"step"``) to a factor of
+    each parameter group's initial lr. ``max_steps`` stops an iteration-based phase; ``epochs`` bounds it.
+    """
+
+    method: Method
+    sampler: Any
+    fetch: Callable[..., tuple]
+    optimizer: torch.optim.Optimizer
+    schedule: Callable[[int], float] | None
+    epochs: int
+    num_classes: int
+    schedule_unit: Literal["epoch", "step"] = "epoch"
+    max_steps: int | None = None
+    on_epoch_start: EpochHook | None = None
+    validate: Callable[[nn.Module], dict[str, float]] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Extra provenance for the checkpoints (e.g. ``{"stage": 2}``)."""
+
+
+@dataclass
+class Phase:
+    """One training phase. ``name`` is its sub-folder of ``output_dir`` ("" = ``output_dir`` itself, the one phase of
+    a supervised plan). ``init`` names an earlier phase whose final method state it starts from, through
+    ``init_from(method, state, source_phase)`` (None: every matching key). ``test_after`` names a results key under
+    which the model after this phase is tested on the target protocol (e.g. AML's ``"stage1"``)."""
+
+    name: str
+    setup: Callable[["RunContext"], PhaseRun]
+    init: str = ""
+    init_from: Callable[[Method, dict[str, torch.Tensor], "Phase"], None] | None = None
+    total_steps: int | None = None
+    """Optimiser steps that finish the phase (iteration-based phases): a resumed run skips a finished phase."""
+    test_after: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PhasePlan:
+    """A method's phases in order. ``test_untrained`` also tests the untrained model first (multi-phase recipes show
+    what each stage adds); ``on_finish(output_dir)`` runs on rank 0 after the final test (e.g. plots)."""
+
+    phases: list[Phase]
+    test_untrained: bool = False
+    on_finish: Callable[[Path], Any] | None = None
+
+
+class RunContext(Protocol):
+    """What a phase may use (given by :mod:`vireid.training`): the shared settings sections and services."""
+
+    data: "DataConfig"
+    sampler: "SamplerConfig"
+    augment: "AugmentConfig"
+    model: "ModelConfig"
+    train: "TrainConfig"
+    eval: "EvalConfig"
+    seed: int
+    device: torch.device
+    rank: int
+    world_size: int
+    main: bool
+    progress: bool
+    output_dir: Path
+    dataset: "CrossModalDataset"
+    train_samples: list["Sample"]
+    """The training pool of ``train.validation`` (labels relabelled 0..C-1; -1 on unlabeled datasets)."""
+    val_samples: list["Sample"]
+    """Held-out validation identities (label -1), or [] (``train.validation: none``, unlabeled data)."""
+
+    def build_model(self, num_classes: int) -> nn.Module: ...
+
+    def load_dataset(self, data: "DataConfig") -> "CrossModalDataset": ...
+
+    def open_cache(self, root: Path, samples: Sequence["Sample"]) -> "ImageCache": ...
+
+    def validator(self, samples: Sequence["Sample"]) -> Callable[[nn.Module], dict[str, float]] | None: ...
+
+    def extract(self, model: nn.Module, cache: "ImageCache", modalities: np.ndarray, *, flip: bool,
+                feature: str) -> np.ndarray: ...
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# loss terms: one way to resolve weights and to combine terms
+
+
+def resolve_weights(method: str, defaults: Mapping[str, float],
+                    overrides: Mapping[str, float] | None) -> dict[str, float]:
+    """Published default loss weights updated by the config's ``method.weights``; unknown names and negative or
+    non-finite values are a ConfigError that lists the method's terms."""
+    weights = dict(defaults)
+    for name, value in (overrides or {}).items():
+        if name not in weights:
+            raise ConfigError(f"method.weights.{name}: {method} has no loss term {name!r}; its terms are "
+                              f"{', '.join(weights)} (set a weight to 0 to switch a term off)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"method.weights.{name}={value!r} is invalid; expected a finite number >= 0")
+        weights[name] = float(value)
+    return weights
+
+
+def weighted_terms(raw: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """What ``training_step`` returns: each computed term times its weight (1 when ``weights`` has none), and
+    ``"loss"``, their sum in the order computed (what is back-propagated)."""
+    terms = {name: float(weights.get(name, 1.0)) * value for name, value in raw.items()}
+    device = next(iter(raw.values())).device if raw else torch.device("cpu")
+    terms["loss"] = sum(terms.values(), torch.zeros((), device=device))
+    return terms

@@ -18,8 +18,8 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -38,7 +38,10 @@ from vireid.losses import (
     subclass_center,
     weighted_regularized_triplet,
 )
-from vireid.methods.base import Batch, Method, cams_or_unknown
+from vireid.methods.agw import ReIDSettings
+from vireid.methods.base import Batch, Method, RunContext, resolve_weights, weighted_terms
+from vireid.methods.registry import MethodSpec, register_method
+from vireid.methods.supervised import supervised_plan
 from vireid.models.msclnet_modules import (
     FeatureInstanceNorm,
     SynergyEncoder,
@@ -46,8 +49,9 @@ from vireid.models.msclnet_modules import (
     pair_by_identity,
     subclass_labels,
 )
+from vireid.settings import check
 
-__all__ = ["MSCLNetMethod", "DEFAULT_WEIGHTS", "TERMS"]
+__all__ = ["MSCLNetMethod", "MSCLNetSettings", "DEFAULT_WEIGHTS", "TERMS"]
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "ce": 1.0,       # AGW*: identity cross-entropy on the model's logits
@@ -142,14 +146,7 @@ class MSCLNetMethod(Method):
         super().__init__()
         self.model = model
         self.num_classes = int(num_classes)
-        merged = dict(DEFAULT_WEIGHTS)
-        for name, value in (weights or {}).items():
-            if name not in DEFAULT_WEIGHTS:
-                raise ConfigError(f"method.weights.{name}: unknown MSCLNet loss weight {name!r}; its terms are "
-                                  f"{', '.join(TERMS)} (set a weight to 0 to switch a term off)")
-            if not math.isfinite(float(value)) or float(value) < 0:
-                raise ConfigError(f"method.weights.{name}={value!r} is invalid; expected a finite number >= 0")
-            merged[name] = float(value)
+        merged = resolve_weights("MSCLNet", DEFAULT_WEIGHTS, weights)
         self.weights = merged
         _choice("local_variant", local_variant, ("as_printed", "corrected"))
         _choice("feature_norm", feature_norm, ("l2", "none"))
@@ -199,15 +196,9 @@ class MSCLNetMethod(Method):
     ) -> Batch:
         """AGW* augmentation (pad-crop, flip, normalise, random erasing) of the RGB then the IR batch, concatenated
         RGB first; labels and cameras concatenated in the same order."""
-        device = rgb_u8.device
         rgb = self.transform(rgb_u8, generator)
         ir = self.transform(ir_u8, generator)
-        n_rgb, n_ir = rgb.shape[0], ir.shape[0]
-        labels = torch.cat([rgb_labels.to(device, torch.long), ir_labels.to(device, torch.long)])
-        modalities = torch.cat([torch.zeros(n_rgb, dtype=torch.long, device=device),
-                                torch.ones(n_ir, dtype=torch.long, device=device)])
-        cams = torch.cat([cams_or_unknown(rgb_cams, n_rgb, device), cams_or_unknown(ir_cams, n_ir, device)])
-        return Batch(torch.cat([rgb, ir]), labels, modalities, cams)
+        return Batch.of_parts([rgb, ir], [rgb_labels, ir_labels], [0, 1], [rgb_cams, ir_cams])
 
     # ------------------------------------------------------------------------------------------------------------
     # Losses
@@ -244,10 +235,7 @@ class MSCLNetMethod(Method):
         if need_div or need_syn:
             raw.update(self._msclnet_terms(out, labels, cams, vis, ir, need_div))
 
-        terms = {name: w[name] * value for name, value in raw.items()}
-        device = batch.images.device
-        terms["loss"] = sum(terms.values(), torch.zeros((), device=device))
-        return terms
+        return weighted_terms(raw, w)
 
     def _msclnet_terms(self, out, labels: torch.Tensor, cams: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor,
                        need_div: bool) -> dict[str, torch.Tensor]:
@@ -358,3 +346,59 @@ def _erasing_preset(erasing: str | Mapping[str, object]) -> Mapping[str, object]
     if erasing not in _ERASING:
         raise ConfigError(f"MSCLNet: erasing={erasing!r} is unknown; expected 'agw', 'paper', 'none' or a dict")
     return _ERASING[erasing]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the plug-in: settings (the ``method:`` YAML section) and registration
+
+
+@dataclass
+class MSCLNetSettings(ReIDSettings):
+    """``method:`` of MSCLNet: every :class:`MSCLNetMethod` option (see its docstring for what each one means).
+    Random erasing comes from the ``augment:`` section (``augment.erasing: 0`` switches it off)."""
+
+    name: str = "msclnet"
+    local_variant: Literal["as_printed", "corrected"] = "as_printed"
+    """L_local: the formula as printed in the paper, or with the sign of the cosine term corrected."""
+    inter_margin: float | None = 1.0
+    """L_inter: hinge margin that bounds the push-apart of identity centres (null: unbounded, needs l2 features)."""
+    div_direction: Literal["v_r", "r_v", "symmetric"] = "v_r"
+    div_max_kl: float | None = None
+    hidden_size: int = 512
+    rounds: int = 5
+    mogrifier_rank: int | None = None
+    fusion: Literal["concat", "interleave"] = "concat"
+    parts: int = 6
+    part_pool: Literal["avg", "max"] = "avg"
+    instance_norm_affine: bool = False
+    feature_norm: Literal["l2", "none"] = "l2"
+    complement_grad: Literal["synergy", "all"] = "synergy"
+    cascade_on: Literal["synergy", "modality"] = "synergy"
+    synergy_subclass: Literal["pair", "visible", "infrared"] = "pair"
+    synergy_lr_mult: float = 1.0
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        check(self.hidden_size >= 1 and self.rounds >= 0 and self.parts >= 1, f"{key}.hidden_size/rounds/parts",
+              (self.hidden_size, self.rounds, self.parts), "hidden_size >= 1, rounds >= 0, parts >= 1")
+        check(self.synergy_lr_mult > 0, f"{key}.synergy_lr_mult", self.synergy_lr_mult, "a positive number")
+
+
+def build_msclnet(settings: MSCLNetSettings, ctx: RunContext, num_classes: int) -> MSCLNetMethod:
+    a, d = ctx.augment, ctx.data
+    erasing = {"p": a.erasing, "area": a.erasing_area, "ratio": a.erasing_ratio, "fill": a.erasing_fill,
+               "aspect": a.erasing_aspect}
+    options = {f.name: getattr(settings, f.name) for f in fields(settings)
+               if f.name not in ("name", "weights")}
+    try:
+        return MSCLNetMethod(ctx.build_model(num_classes), num_classes, weights=settings.weights,
+                             erasing=erasing if a.erasing > 0 else "none", height=d.height, width=d.width,
+                             pad=a.pad, backbone_lr_mult=ctx.train.backbone_lr_mult, **options)
+    except ValueError as exc:  # bad options, reported by the method
+        raise ConfigError(f"method: {exc}") from None
+
+
+register_method(MethodSpec(
+    "msclnet", MSCLNetSettings, supervised_plan(build_msclnet),
+    summary="MSCLNet (ECCV 2022), first open implementation: AGW* + synergy, complement, cascaded aggregation",
+    augment_keys=frozenset({"pad", "erasing", "erasing_area", "erasing_ratio", "erasing_fill", "erasing_aspect"})))
