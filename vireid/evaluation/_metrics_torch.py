@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vireid.errors import FeaturesError
+from vireid.evaluation.gallery_index import prepare_gallery
 
 __all__ = ["feature_distance_fn_torch", "l2_normalize_torch", "rank_chunks_torch"]
 
@@ -114,8 +115,7 @@ class _Prepared:
 
 def _prepare(g_pids: np.ndarray, g_keys: np.ndarray | None, q_keys: np.ndarray | None,
              device: torch.device) -> tuple[_Prepared, np.ndarray]:
-    """:func:`vireid.evaluation.metrics.prepare_gallery` with its arrays moved to ``device``."""
-    from vireid.evaluation.metrics import prepare_gallery
+    """:func:`vireid.evaluation.gallery_index.prepare_gallery` with its arrays moved to ``device``."""
 
     p, uniq = prepare_gallery(g_pids, g_keys, q_keys)
     g_key = None if p.g_key is None else torch.from_numpy(p.g_key).to(device)
