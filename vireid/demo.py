@@ -28,7 +28,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "sampler": {"num_ids": 8, "num_instances": 4},
     "augment": {"pad": 6, "flip": 0.5, "erasing": 0.5, "adaptive_gray": 0.5},
     "model": {"arch": "resnet18_half", "pretrained": "none", "non_local": False, "last_stride": 1},
-    "method": {"name": "caj"},
+    "method": {"name": "caj", "metric_loss": "wrt"},
     "train": {"epochs": 24, "lr": 0.1, "schedule": "agw", "warmup_epochs": 2, "milestones": [17, 22],
               "device": "auto", "validation": "holdout", "eval_every": 4, "checkpoint_every": 50, "log_every": 10},
     "eval": {"trials": 10, "flip": True},
