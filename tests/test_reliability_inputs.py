@@ -286,3 +286,27 @@ def test_npy_file_gets_our_message(tmp_path, capsys):
     assert main(["calibrate", str(tmp_path / "f.npy")]) == 2
     line = _one_line(capsys)
     assert "single array" in line and "np.savez" in line
+
+
+DEMO_YAML = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+@pytest.mark.parametrize(("override", "key"), [("train.epochs=abc", "train.epochs"),
+                                               ("train.epochz=3", "train.epochz"),
+                                               ("model.arch=foo", "model.arch")])
+@pytest.mark.parametrize("command", ["train", "config"])
+def test_bad_set_value_is_blamed_on_the_set_argument(command, override, key, tmp_path, capsys):
+    argv = (["train", str(DEMO_YAML)] if command == "train" else ["config", "show", str(DEMO_YAML)])
+    assert main([*argv, "--set", f"output_dir={tmp_path / 'run'}", override]) == 2
+    line = _one_line(capsys)
+    assert line.startswith(f"vireid: error: --set {override}: ") and key in line, line
+    assert "demo.yaml" not in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_value_in_the_yaml_file_is_still_blamed_on_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEMO_YAML.read_text().replace("epochs: 24", "epochs: abc"))
+    assert main(["config", "show", str(bad), "--set", "train.lr=0.01"]) == 2
+    line = _one_line(capsys)
+    assert line.startswith(f"vireid: error: {bad}: ") and "--set" not in line, line

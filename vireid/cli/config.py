@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vireid.config import dump_yaml, load_config, to_dict
+    from vireid.cli._overrides import load_cli_config
+    from vireid.config import dump_yaml, to_dict
 
-    cfg = load_config(args.file, args.overrides)
+    cfg = load_cli_config(args.file, args.overrides)
     print(json.dumps(to_dict(cfg), indent=2) if args.json else dump_yaml(cfg), end="" if not args.json else "\n")
     return 0

@@ -17,11 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vireid.config import load_config
+    from vireid.cli._overrides import load_cli_config
     from vireid.engine.lock import lock_run_folder
     from vireid.training import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_cli_config(args.config, args.overrides)
     # before any work: output_dir must be writable and not in use by another run (released when we end; a run
     # killed with SIGKILL leaves a stale lock that the next run, e.g. --resume, takes over)
     lock = lock_run_folder(cfg.output_dir, "output_dir")
