@@ -8,24 +8,23 @@ and testing use it alone (SPEC 6: "test with model1 only"); the method's state d
 an RGB view ``x`` and a target-style view ``x_t = 0.2 * fakeIR + 0.8 * gray(x)`` (built by
 :class:`vireid.data.transforms.AMLStage1Transform`). Three outputs::
 
-    o1 = model1(x)    [head 1: model1's own GeM/BNNeck/classifier]
-    o2 = model1(x_t)  [head 2: a second GeM/BNNeck/classifier on model1's backbone]
+    o1 = model1(x)
+    o2 = model1(x_t)  [the SAME head as o1: CMAM model_backbone.py:71-72 "use the same head" (SPEC 6, corrected)]
     o3 = model2(x_t)
 
 Each output: label-smoothed (fast-reid convention, eps 0.1) cross-entropy on circle-softmax logits (scale 64,
 margin 0.35) + soft-margin batch-hard triplet on the post-BN features: the six ID terms, weight 1 each. Mutual
 terms with the teacher detached, knowledge flowing model1-RGB -> model2-gray -> model1-on-gray only (asymmetric):
-``kl_weight * [KL_sym(o3 <- o1) + KL_sym(o2 <- o3)]`` on the scaled cosines (scale x cosine, no margin: the
-classifier's plain prediction) and ``sim_weight * [S(o3 <- o1) + S(o2 <- o3)]`` (similarity structure of the
+``kl_weight * [KL_sym(o3 <- o1) + KL_sym(o2 <- o3)]`` on the head's returned logits, the margin-adjusted Circle
+logits with the targets (SPEC 6, corrected; mutual_framework.py:180-181 at wuancong/CMAM@21d258fb) and ``sim_weight * [S(o3 <- o1) + S(o2 <- o3)]`` (similarity structure of the
 post-BN batch features).
 
-Reading we chose where SPEC 6 says only "[head 2]": head 2 is a second GeM + BNNeck + circle classifier on model1's
-shared backbone (same initialisation as head 1). It is used only in stage 1; stage 2 starts from the backbones.
+Stage 2 starts from the backbones (GeM/BNNeck re-initialised).
 
 **Stage 2** (:class:`AMLStage2`, unlabeled target, pseudo labels from re-clustering). Batch images of both
 modalities with pseudo labels; ``f1 = model1(x)``, ``f2 = model2(gray(x))`` (post-BN features). Two cluster
-memories (one per model, tau 0.05, momentum 0.2): ``CE_mem1 + CE_mem2 + kl_weight * KL_sym(logits1, logits2)``
-(nothing detached, weight 0.01) ``+ dist_weight * sum (D1 - D2)^2`` (weight 0.05, nothing detached). The pseudo
+memories (one per model, tau 0.05, momentum 0.2): ``CE_mem1 + CE_mem2 + kl_weight * [KL(p1||p2) + KL(p2||p1)]``
+(no 1/2, nothing detached, weight 0.01; :func:`vireid.losses.aml.two_way_kl`) ``+ dist_weight * sum (D1 - D2)^2`` (weight 0.05, nothing detached). The pseudo
 labels of the current clustering live in the state dict (``pseudo_labels``, ``labels_epoch``), so a resumed run
 continues with exactly the labels it was trained with.
 """
@@ -56,7 +55,7 @@ from vireid.engine import distributed as dist
 from vireid.engine.schedules import WarmupHoldCosine
 from vireid.errors import ConfigError, DataError
 from vireid.losses import batch_hard_triplet, circle_logits, cross_entropy
-from vireid.losses.aml import distance_structure, similarity_structure, symmetric_kl
+from vireid.losses.aml import distance_structure, similarity_structure, symmetric_kl, two_way_kl
 from vireid.losses.memory import ClusterMemory
 from vireid.methods.base import Batch, Method, Phase, PhasePlan, PhaseRun, RunContext, cams_or_unknown
 from vireid.methods.registry import MethodSettings, MethodSpec, register_method
@@ -67,23 +66,16 @@ def _modality(value: int, n: int, device: torch.device) -> torch.Tensor:
     return torch.full((n,), value, dtype=torch.long, device=device)
 
 
-class SecondHead(nn.Module):
-    """Model1's head 2 (stage 1): its own GeM, BNNeck and circle classifier on model1's backbone feature map,
-    freshly initialised like head 1 (same build arguments, own random draw)."""
+class _FlipView(nn.Module):
+    """``model(mirror(x))``: feature extraction of the mirror images (for the reference's un-renormalised flip
+    average)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        from vireid.models.layers import BNNeck, CircleClassifier, GeM
+        self.model = model
 
-        kw = model.build_kwargs
-        self.pooling = GeM(float(kw.get("gem_p", 3.0)), learnable=bool(kw.get("gem_learnable", True)))
-        self.neck = BNNeck(model.feature_dim, weight_init=kw.get("neck_init", "normal"),
-                           weight_std=float(kw.get("neck_init_std", 0.02)))
-        self.classifier = CircleClassifier(model.feature_dim, model.num_classes)
-
-    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bn = self.neck(self.pooling(feature_map))
-        return bn, self.classifier(bn)
+    def forward(self, x: torch.Tensor, modality: torch.Tensor):
+        return self.model(torch.flip(x, dims=[3]), modality)
 
 
 class _AMLMethod(Method):
@@ -109,7 +101,6 @@ class AMLStage1(_AMLMethod):
                              f"{model1.num_classes} and {model2.num_classes}")
         self.model = model1
         self.model2 = model2
-        self.head2 = SecondHead(model1)
         self.transform = transform
         self.kl_weight, self.sim_weight = float(kl_weight), float(sim_weight)
         self.label_smoothing = float(label_smoothing)
@@ -122,8 +113,7 @@ class AMLStage1(_AMLMethod):
         return Batch(torch.cat([x, x_t]), torch.cat([rgb_labels, rgb_labels]),
                      torch.cat([_modality(0, n, dev), _modality(1, n, dev)]), torch.cat([cams, cams]))
 
-    def _id_terms(self, bn: torch.Tensor, cosine: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = circle_logits(cosine, y, self.scale, self.margin)
+    def _id_terms(self, bn: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ce = cross_entropy(logits, y, self.label_smoothing, convention="fastreid")
         return ce, batch_hard_triplet(bn, y, margin=None)
 
@@ -132,13 +122,17 @@ class AMLStage1(_AMLMethod):
         x, x_t, y = batch.images[:n], batch.images[n:], batch.labels[:n]
         m0 = _modality(0, n, x.device)  # single-stream networks: the modality tag routes nothing
         out1 = self.model(x, m0)
-        bn2, cos2 = self.head2(self.model.forward_features(x_t, m0))
+        # one shared head for model1's RGB and blended inputs (CMAM model_backbone.py:71-72 "use the same head")
+        out2 = self.model(x_t, m0)
+        bn2 = out2.bn
         out3 = self.model2(x_t, m0)
+        # the head's returned logits: margin-adjusted Circle logits with the targets (circle.py:27-42); CE and the
+        # mutual KL both use them (mutual_framework.py:180-181)
+        p1, p2, p3 = (circle_logits(o.logits, y, self.scale, self.margin) for o in (out1, out2, out3))
         terms: dict[str, torch.Tensor] = {}
-        for k, (bn, cos) in enumerate(((out1.bn, out1.logits), (bn2, cos2), (out3.bn, out3.logits)), start=1):
-            terms[f"id{k}"], terms[f"tri{k}"] = self._id_terms(bn, cos, y)
+        for k, (bn, lg) in enumerate(((out1.bn, p1), (bn2, p2), (out3.bn, p3)), start=1):
+            terms[f"id{k}"], terms[f"tri{k}"] = self._id_terms(bn, lg, y)
         if self.kl_weight > 0:  # KL_sym(o3 <- o1) + KL_sym(o2 <- o3), teachers detached
-            p1, p2, p3 = (self.scale * c for c in (out1.logits, cos2, out3.logits))
             terms["kl"] = self.kl_weight * (symmetric_kl(p3, p1) + symmetric_kl(p2, p3))
         if self.sim_weight > 0:
             terms["sim"] = self.sim_weight * (similarity_structure(out3.bn, out1.bn) + similarity_structure(bn2, out3.bn))
@@ -203,7 +197,7 @@ class AMLStage2(_AMLMethod):
         ce2, logits2 = self.memory2(f2, y, return_logits=True)
         terms = {"mem1": ce1, "mem2": ce2}
         if self.kl_weight > 0:
-            terms["kl"] = self.kl_weight * symmetric_kl(logits1, logits2, detach_teacher=False)
+            terms["kl"] = self.kl_weight * two_way_kl(logits1, logits2)
         if self.dist_weight > 0:
             terms["dist"] = self.dist_weight * distance_structure(f1, f2, detach_teacher=False)
         terms["loss"] = sum(terms.values())
@@ -282,6 +276,9 @@ class AMLSettings(MethodSettings):
     k1: int = 30
     k2: int = 6
     kmeans_k: int = 400
+    kmeans_init: str = "random"
+    """Run-B k-means: "random" = as the reference runs it (fast_pytorch_kmeans cosine, random rows, <= 100 rounds,
+    tol 1e-4; vireid.clustering.reference_kmeans); "kmeans++" = vireid's earlier k-means++ spherical Lloyd."""
     diagnostics_truth: bool = True
     """Log ARI/NMI/match precision against the dataset's identity column when it has one (synthetic data, a labelled
     dataset run unsupervised). Never used for training or model selection."""
@@ -306,6 +303,8 @@ class AMLSettings(MethodSettings):
         check(self.eps > 0 and self.min_samples >= 1, f"{key}.eps/min_samples", (self.eps, self.min_samples),
               "eps > 0 and min_samples >= 1")
         check(self.kmeans_k >= 2, f"{key}.kmeans_k", self.kmeans_k, "an integer >= 2")
+        check(self.kmeans_init in ("random", "kmeans++"), f"{key}.kmeans_init", self.kmeans_init,
+              "'random' (the reference) or 'kmeans++'")
         for name in ("color_jitter_p", "fake_ir_alpha"):
             v = getattr(self, name)
             check(0.0 <= v <= 1.0, f"{key}.{name}", v, "a probability in [0, 1]")
@@ -495,8 +494,10 @@ class Reclusterer:
         f1, f2 = self._extract_both(self.seed + epoch)
         feats = np.concatenate([f1, f2], axis=1)
         rgb, ir = np.flatnonzero(self.modalities == 0), np.flatnonzero(self.modalities == 1)
+        # the un-renormalised concatenation of two unit halves (norm ~sqrt 2), as the reference clusters it
         assoc = cluster_cross_modal(feats[rgb], feats[ir], method=self.phase.clustering, eps=a.eps,
-                                    min_samples=a.min_samples, k1=a.k1, k2=a.k2, k=a.kmeans_k, seed=self.seed + epoch)
+                                    min_samples=a.min_samples, k1=a.k1, k2=a.k2, k=a.kmeans_k, seed=self.seed + epoch,
+                                    normalize=False, kmeans_init=a.kmeans_init)  # type: ignore[arg-type]
         labels = np.full(len(self.modalities), -1, dtype=np.int64)
         labels[rgb], labels[ir] = assoc.labels_rgb, assoc.labels_ir
         truth = self.truth
@@ -506,9 +507,16 @@ class Reclusterer:
         return labels, torch.from_numpy(c1), torch.from_numpy(c2), {k: float(v) for k, v in diag.items()}
 
     def _extract_both(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Flip-averaged, L2-normalised features of model1(x) and model2(gray(x)) for every pool image."""
-        f1 = self.extract(self.method.model, self.cache, self.modalities, flip=True, feature="bn")
-        f2 = self.extract(GrayView(self.method.model2, seed), self.cache, self.modalities, flip=True, feature="bn")
+        """model1(x) and model2(gray(x)) for every pool image: the mean of the L2-normalised features of the image
+        and of its mirror image, NOT renormalised (CMAM evaluator.py:117-120 averages the two normalised outputs)."""
+        g = GrayView(self.method.model2, seed)
+
+        def both(model: nn.Module) -> np.ndarray:
+            a = self.extract(model, self.cache, self.modalities, flip=False, feature="bn")
+            b = self.extract(_FlipView(model), self.cache, self.modalities, flip=False, feature="bn")
+            return (a + b) / 2
+
+        f1, f2 = both(self.method.model), both(g)
         self.method.train()
         return f1, f2
 
