@@ -76,7 +76,7 @@ def test_training_only_modules_are_not_in_the_model_state_dict() -> None:
     assert model_keys == reference_keys  # building the method added nothing to the model
     method_keys = set(method.state_dict())
     extra = method_keys - {f"model.{k}" for k in model_keys}
-    assert extra and all(k.startswith(("synergy.", "instance_norm.")) for k in extra)
+    assert extra and all(k.startswith(("synergy.", "instance_norm.", "t_classifier.")) for k in extra)
     assert any("cell.q." in k for k in extra) and any("cell.r." in k for k in extra)
     model_params = {id(p) for p in method.model.parameters()}
     assert not any(id(p) in model_params for p in method.training_only_parameters())
@@ -341,7 +341,7 @@ def test_subclass_terms_need_cameras() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ConfigError, match="unknown MSCLNet loss weight 'lcoal'"):
+    with pytest.raises(ConfigError, match="MSCLNet has no loss term 'lcoal'"):
         _method(weights={"lcoal": 1.0})
     with pytest.raises(ConfigError):
         _method(weights={"div": -1.0})
@@ -450,3 +450,29 @@ def test_a_batch_without_cross_modality_pairs_is_refused() -> None:
     batch = method.make_batch(rgb, ir, LABELS, LABELS + 2, torch.Generator().manual_seed(0), RGB_CAMS, IR_CAMS)
     with pytest.raises(DataError, match="both an RGB and an IR image"):
         method.training_step(batch)
+
+
+def test_lt_gradient_reaches_only_its_own_classifier_and_the_in_backbone_path() -> None:
+    # Only L_t on: its gradient must reach L_t's classifier, the IN's gamma/beta and the backbone, not AGW's head.
+    off = {k: 0.0 for k in DEFAULT_WEIGHTS if k != "t"}
+    method = _method(weights=off)
+    assert method.instance_norm.gamma is not None  # affine IN is the default (Eq. 1)
+    terms = method.training_step(_batch(method))
+    assert set(terms) == {"t", "loss"}
+    terms["loss"].backward()
+    assert method.t_classifier.heads[0].fc.weight.grad.abs().sum() > 0
+    assert method.instance_norm.gamma.grad.abs().sum() > 0 and method.instance_norm.beta.grad.abs().sum() > 0
+    backbone = [p for n, p in method.model.named_parameters() if "layer4" in n and p.grad is not None]
+    assert backbone and sum(float(p.grad.abs().sum()) for p in backbone) > 0
+    for p in method.model.head_parameters():  # AGW's BNNeck + classifier: untouched
+        assert p.grad is None or float(p.grad.abs().sum()) == 0.0
+    assert all(p.grad is None for p in method.synergy.parameters())
+    ids = {id(p) for g in method.param_groups(0.1, 5e-4) if g["name"] == "msclnet" for p in g["params"]}
+    assert id(method.t_classifier.heads[0].fc.weight) in ids and id(method.instance_norm.gamma) in ids
+
+
+def test_msclnet_defaults_are_the_papers_erasing_and_affine_in() -> None:
+    method = _method()
+    erasing = [op for op in method.transform.ops if type(op).__name__ == "RandomErasing"]
+    assert erasing and erasing[0].p == pytest.approx(0.8) and erasing[0].area == (0.2, 0.8)  # paper Sec. 4.2
+    assert isinstance(method.instance_norm.gamma, nn.Parameter)

@@ -44,6 +44,7 @@ from vireid.methods.registry import MethodSpec, register_method
 from vireid.methods.supervised import supervised_plan
 from vireid.models.msclnet_modules import (
     FeatureInstanceNorm,
+    ModalityIdentityClassifier,
     SynergyEncoder,
     horizontal_parts,
     pair_by_identity,
@@ -97,7 +98,10 @@ class MSCLNetMethod(Method):
             :class:`~vireid.models.msclnet_modules.SynergyEncoder`): LSTM width (default 512), Mogrifier rounds r
             (default 5), optional low-rank factorisation of the mogrifier matrices, and how paired parts enter it.
         parts: number of horizontal stripes (6 in the paper). part_pool: pooling inside a stripe, ``"avg"``/``"max"``.
-        instance_norm_affine: learnable scale/shift after the instance normalisation (off: parameter-free).
+        instance_norm_affine: Eq. 1's learnable gamma, beta after the instance normalisation (default, as printed);
+            False: parameter-free.
+        t_classifier: L_t's own bias-free classifier on the instance-normalised part descriptor (Eq. 4), never
+            AGW's: ``"shared"`` (one for both modalities, default) or ``"per_modality"``.
         feature_norm: ``"l2"`` (default) L2-normalises the descriptors entering L_global and the cascade terms;
             ``"none"`` uses them raw (their squared distances then scale with the feature dimension).
         complement_grad: ``"synergy"`` (default; the paper: "L_com ... updating theta_s"): L_local and L_global train
@@ -125,14 +129,15 @@ class MSCLNetMethod(Method):
         label_smoothing: float = 0.0,
         div_direction: Literal["v_r", "r_v", "symmetric"] = "v_r",
         div_max_kl: float | None = None,
-        erasing: Literal["agw", "paper", "none"] | Mapping[str, object] = "agw",
+        erasing: Literal["agw", "paper", "none"] | Mapping[str, object] = "paper",
         hidden_size: int = 512,
         rounds: int = 5,
         mogrifier_rank: int | None = None,
         fusion: Literal["concat", "interleave"] = "concat",
         parts: int = 6,
         part_pool: Literal["avg", "max"] = "avg",
-        instance_norm_affine: bool = False,
+        instance_norm_affine: bool = True,
+        t_classifier: Literal["shared", "per_modality"] = "shared",
         feature_norm: Literal["l2", "none"] = "l2",
         complement_grad: Literal["synergy", "all"] = "synergy",
         cascade_on: Literal["synergy", "modality"] = "synergy",
@@ -149,6 +154,7 @@ class MSCLNetMethod(Method):
         merged = resolve_weights("MSCLNet", DEFAULT_WEIGHTS, weights)
         self.weights = merged
         _choice("local_variant", local_variant, ("as_printed", "corrected"))
+        _choice("t_classifier", t_classifier, ("shared", "per_modality"))
         _choice("feature_norm", feature_norm, ("l2", "none"))
         _choice("complement_grad", complement_grad, ("synergy", "all"))
         _choice("cascade_on", cascade_on, ("synergy", "modality"))
@@ -171,6 +177,9 @@ class MSCLNetMethod(Method):
         # Training-only modules: attributes of the method, never of self.model.
         self.instance_norm = FeatureInstanceNorm(channels, affine=instance_norm_affine)
         self.synergy = SynergyEncoder(channels, hidden_size, rounds, mogrifier_rank, fusion)
+        # L_t's own classifier on the instance-normalised part descriptor (Eq. 4), training-only.
+        self.t_classifier = ModalityIdentityClassifier(parts * channels, self.num_classes,
+                                                       per_modality=t_classifier == "per_modality")
 
         preset = _erasing_preset(erasing)
         self.height, self.width = height, width
@@ -224,11 +233,16 @@ class MSCLNetMethod(Method):
         vis = torch.nonzero(mods == 0).flatten()
         ir = torch.nonzero(mods == 1).flatten()
         if w["t"] > 0:
-            # L_t: identity CE on each modality's logits (sum of the two per-modality means). The model has one
-            # shared classifier, so with ce > 0 this re-weights CE per modality; ce = 0 makes L_t replace it.
-            raw["t"] = sum((cross_entropy(out.logits[idx], labels[idx], label_smoothing=self.label_smoothing)
-                            for idx in (vis, ir) if idx.numel()),
-                           out.logits.new_zeros(()))
+            # L_t (Eq. 4): identity CE on the logits p^(f^) of each modality's *instance-normalised* descriptor
+            # (its 6 stripe means, concatenated) from L_t's own classifier -- never AGW's logits, which would only
+            # re-weight AGW's CE. Sum of the two per-modality means.
+            terms_t = []
+            for modality, idx in ((0, vis), (1, ir)):
+                if idx.numel():
+                    parts = horizontal_parts(self.instance_norm(out.feature_map[idx]), self.parts, self.part_pool)
+                    logits = self.t_classifier(parts.flatten(1), modality)
+                    terms_t.append(cross_entropy(logits, labels[idx], label_smoothing=self.label_smoothing))
+            raw["t"] = sum(terms_t, out.feature_map.new_zeros(()))
 
         need_div = w["div"] > 0
         need_syn = any(w[k] > 0 for k in _SYNERGY_TERMS)
@@ -312,6 +326,7 @@ class MSCLNetMethod(Method):
         """Parameters of the modules that exist only for training (instance norm affine, synergy encoder)."""
         yield from self.instance_norm.parameters()
         yield from self.synergy.parameters()
+        yield from self.t_classifier.parameters()
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """Three groups: model head (BNNeck + classifier) at ``lr``; the rest of the model at
@@ -370,7 +385,10 @@ class MSCLNetSettings(ReIDSettings):
     fusion: Literal["concat", "interleave"] = "concat"
     parts: int = 6
     part_pool: Literal["avg", "max"] = "avg"
-    instance_norm_affine: bool = False
+    instance_norm_affine: bool = True
+    """Eq. 1's learnable gamma, beta after the instance norm (the paper's); false: parameter-free."""
+    t_classifier: Literal["shared", "per_modality"] = "shared"
+    """L_t's own classifier (Eq. 4) on the instance-normalised descriptors: one for both modalities, or one each."""
     feature_norm: Literal["l2", "none"] = "l2"
     complement_grad: Literal["synergy", "all"] = "synergy"
     cascade_on: Literal["synergy", "modality"] = "synergy"
