@@ -151,7 +151,7 @@ def test_cli_config_error_is_one_line_without_traceback(capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert err.strip().splitlines() == [
-        "vireid: error: <defaults>: config key 'train.epochs' expects an integer, got 'abc' (str)"
+        "vireid: error: --set train.epochs=abc: config key 'train.epochs' expects an integer, got 'abc' (str)"
     ]
 
 

@@ -6,6 +6,7 @@ Tiny and fast: resnet18_half without pretrained weights, 64x32 images, 2 identit
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -193,21 +194,49 @@ def test_instance_norm_is_affine_by_default_and_matches_eq1_by_hand() -> None:
     torch.testing.assert_close(plain(x), x_hat, atol=1e-6, rtol=0)
 
 
-def test_lt_classifier_is_bias_free_linear_shared_or_per_modality() -> None:
-    shared = ModalityIdentityClassifier(3, 2)
-    assert [n for n, _ in shared.named_parameters()] == ["heads.0.fc.weight"]  # no bias
+def test_lt_classifier_is_a_bnneck_and_bias_free_linear_per_stripe_shared_or_per_modality() -> None:
+    shared = ModalityIdentityClassifier(3, 2, parts=2)
+    names = [n for n, p in shared.named_parameters() if p.requires_grad]
+    assert names == ["necks.0.bn.weight", "necks.1.bn.weight", "heads.0.fc.weight", "heads.1.fc.weight"]  # no bias
+    assert not shared.necks[0].bn.bias.requires_grad
     with torch.no_grad():
         shared.heads[0].fc.weight.copy_(torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]]))
-    x = torch.tensor([[1.0, 2.0, 3.0]])
-    # logits = x W^T: [1 - 3, 0.5 + 4] = [-2, 4.5], the same head for both modalities
+        shared.heads[1].fc.weight.copy_(torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 2.0]]))
+    shared.eval()  # the neck then uses its initial running statistics: y = x / sqrt(1 + 1e-5)
+    x = torch.tensor([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]])     # one sample, 2 stripes of 3 channels
+    s = (1 + 1e-5) ** -0.5
+    # stripe 0: [1 - 3, 0.5 + 4] = [-2, 4.5]; stripe 1: [5, -4 + 12] = [5, 8]; the same heads for both modalities
     for modality in (0, 1):
-        torch.testing.assert_close(shared(x, modality), torch.tensor([[-2.0, 4.5]]))
-    split = ModalityIdentityClassifier(3, 2, per_modality=True)
-    assert len(split.heads) == 2
-    split(x, 1).sum().backward()
-    assert split.heads[0].fc.weight.grad is None and split.heads[1].fc.weight.grad is not None
+        torch.testing.assert_close(shared(x, modality), torch.tensor([[[-2.0, 4.5], [5.0, 8.0]]]) * s)
+    split = ModalityIdentityClassifier(3, 2, parts=2, per_modality=True)
+    assert len(split.heads) == 4
+    split(x.repeat(2, 1, 1), 1).sum().backward()                 # modality 1 uses heads 2, 3
+    assert all(split.heads[k].fc.weight.grad is None for k in (0, 1))
+    assert all(split.heads[k].fc.weight.grad is not None for k in (2, 3))
     with pytest.raises(ValueError, match="modality must be 0"):
         shared(x, 2)
+    with pytest.raises(ValueError, match="expected stripes"):
+        shared(x.flatten(1), 0)
+
+
+def test_lt_stays_bounded_at_the_recipe_lr_when_labels_carry_no_signal() -> None:
+    # Regression: a single linear map on the concatenated 6 x C stripe means let L_t run away at lr 0.1 (to 2e10 on
+    # synthetic SYSU; here, on 60 steps of random labels, to ~2,600). Per-stripe BNNeck heads keep it at the scale
+    # of AGW's own CE (observed max 21 here).
+    method = _method(erasing="none")
+    optimizer = torch.optim.SGD(method.param_groups(0.1, 5e-4), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    values = []
+    for step in range(60):
+        rgb, ir = _u8(step)
+        labels = torch.randint(0, NUM_CLASSES, (4,), generator=g)
+        batch = method.make_batch(rgb, ir, labels, labels, torch.Generator().manual_seed(step), RGB_CAMS, IR_CAMS)
+        terms = method.training_step(batch)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        values.append(terms["t"].item())
+    assert all(map(math.isfinite, values)) and max(values) < 60, max(values)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -302,7 +331,8 @@ def test_identity_losses_switch_off(monkeypatch) -> None:
     monkeypatch.setattr(msc, "cross_entropy", counting)
     method = _method(weights={"ce": 0.0})
     terms = method.training_step(_batch(method))
-    assert "ce" not in terms and "t" in terms and calls == [4, 4]  # L_t: one CE per modality
+    # L_t: one CE per modality, over its 4 samples x 6 stripes
+    assert "ce" not in terms and "t" in terms and calls == [24, 24]
     calls.clear()
     method = _method(weights={"t": 0.0})
     assert "t" not in method.training_step(_batch(method)) and calls == [8]
@@ -415,7 +445,8 @@ def test_param_groups_split_head_backbone_and_training_only_modules() -> None:
     ids = [id(p) for g in groups.values() for p in g["params"]]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in method.parameters() if p.requires_grad}
-    assert {id(p) for p in groups["msclnet"]["params"]} == {id(p) for p in method.training_only_parameters()}
+    trainable = {id(p) for p in method.training_only_parameters() if p.requires_grad}   # not the necks' fixed bias
+    assert {id(p) for p in groups["msclnet"]["params"]} == trainable
 
 
 # ---------------------------------------------------------------------------------------------------------------------

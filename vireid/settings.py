@@ -242,7 +242,14 @@ def from_dict(cls: type, data: Any, source: str = "<config>", prefix: str = "") 
         full = f"{prefix}{key}"
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{where}unknown config key '{full}'; known keys{' in ' + prefix[:-1] if prefix else ''}: {known}")
+            hint = ""
+            if pick is not None and prefix:
+                # a key of another variant (e.g. a CAJ-only option left in the YAML after --set method.name=agw)
+                section, name = prefix[:-1], data.get("name", "...")
+                hint = (f"; to switch the {section} of a YAML that sets {section} options, replace the whole "
+                        f"section: --set '{section}={{name: {name}}}'")
+            raise ConfigError(f"{where}unknown config key '{full}'; known keys{' in ' + prefix[:-1] if prefix else ''}: "
+                              f"{known}{hint}")
         kwargs[key] = _coerce(hints[key], value, full, source)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "train"
-HELP = "Train a registered method's recipe (AGW, CAJ, MSCLNet, AML, ...) from a YAML config, then test it."
+HELP = "Train a method's YAML recipe (AGW, CAJ, MSCLNet, AML, DEEN, ...), then test it."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -178,7 +178,7 @@ class MSCLNetMethod(Method):
         self.instance_norm = FeatureInstanceNorm(channels, affine=instance_norm_affine)
         self.synergy = SynergyEncoder(channels, hidden_size, rounds, mogrifier_rank, fusion)
         # L_t's own classifier on the instance-normalised part descriptor (Eq. 4), training-only.
-        self.t_classifier = ModalityIdentityClassifier(parts * channels, self.num_classes,
+        self.t_classifier = ModalityIdentityClassifier(channels, self.num_classes, parts=parts,
                                                        per_modality=t_classifier == "per_modality")
 
         preset = _erasing_preset(erasing)
@@ -233,15 +233,16 @@ class MSCLNetMethod(Method):
         vis = torch.nonzero(mods == 0).flatten()
         ir = torch.nonzero(mods == 1).flatten()
         if w["t"] > 0:
-            # L_t (Eq. 4): identity CE on the logits p^(f^) of each modality's *instance-normalised* descriptor
-            # (its 6 stripe means, concatenated) from L_t's own classifier -- never AGW's logits, which would only
-            # re-weight AGW's CE. Sum of the two per-modality means.
+            # L_t (Eq. 4): identity CE on the logits p^(f^) of each modality's *instance-normalised* map, read in
+            # its 6 stripes by L_t's own per-stripe classifiers -- never AGW's logits, which would only re-weight
+            # AGW's CE. Per modality the mean over samples and stripes; the two modalities summed.
             terms_t = []
             for modality, idx in ((0, vis), (1, ir)):
                 if idx.numel():
                     parts = horizontal_parts(self.instance_norm(out.feature_map[idx]), self.parts, self.part_pool)
-                    logits = self.t_classifier(parts.flatten(1), modality)
-                    terms_t.append(cross_entropy(logits, labels[idx], label_smoothing=self.label_smoothing))
+                    logits = self.t_classifier(parts, modality)                   # [n, parts, classes]
+                    terms_t.append(cross_entropy(logits.flatten(0, 1), labels[idx].repeat_interleave(self.parts),
+                                                 label_smoothing=self.label_smoothing))   # mean over stripes
             raw["t"] = sum(terms_t, out.feature_map.new_zeros(()))
 
         need_div = w["div"] > 0
