@@ -420,3 +420,72 @@ def test_rebuild_from_build_kwargs_gives_the_same_network():
     with torch.no_grad():
         assert torch.equal(model(x, modality).bn, clone(x, modality).bn)
     assert clone.dee.expansions == 3 and clone.branches == 4
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the method plug-in and its recipes
+
+
+def test_recipe_configs_load_with_published_pools():
+    from pathlib import Path
+
+    from vireid.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "deen"
+    for name, stages, area in (("sysu", 4, (0.2, 0.8)), ("regdb", 3, (0.02, 0.4)), ("llcm", 4, (0.02, 0.4))):
+        cfg = load_config(root / f"{name}.yaml")
+        assert cfg.method.name == "deen" and cfg.method.stages == stages
+        assert cfg.train.validation == "none" and cfg.train.epochs == 151
+        assert (cfg.data.height, cfg.data.width) == (384, 144)
+        assert (cfg.sampler.num_ids, cfg.sampler.num_instances) == (6, 4)
+        assert tuple(cfg.augment.erasing_area) == area and cfg.augment.erasing == 0.5
+        assert list(cfg.train.milestones) == [20, 80] and cfg.train.warmup_epochs == 10 and cfg.train.lr == 0.1
+        assert cfg.eval.flip
+    assert load_config(root / "regdb.yaml").data.trials == list(range(1, 11))
+    assert load_config(root / "llcm.yaml").eval.direction == "i2v"
+
+
+def test_deen_grayscale_equals_pil():
+    from PIL import Image
+
+    from vireid.methods.deen import RandomGrayscaleU8
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, 3, 5, 4), dtype=torch.uint8, generator=g)
+    op = RandomGrayscaleU8(1.0)
+    out = op(x, g)
+    for b in range(2):
+        pil = Image.fromarray(x[b].permute(1, 2, 0).numpy()).convert("L")
+        expected = torch.from_numpy(__import__("numpy").array(pil)).expand(3, -1, -1)
+        assert torch.equal(out[b], expected)
+    assert torch.equal(RandomGrayscaleU8(0.0)(x, g), x)
+
+
+def test_deen_erasing_fill():
+    from vireid.methods.deen import DEEN_ERASING_FILL, deen_train_transform
+
+    t = deen_train_transform(16, 8, pad=0, flip=0.0, grayscale=0.0, erasing=1.0, erasing_area=(0.5, 0.5))
+    out = t(torch.zeros(1, 3, 16, 8, dtype=torch.uint8), torch.Generator().manual_seed(0))
+    values = {tuple(round(v, 4) for v in out[0, :, i, j].tolist()) for i in range(16) for j in range(8)}
+    assert tuple(round(v, 4) for v in DEEN_ERASING_FILL) in values
+
+
+def test_method_loss_terms_match_the_official_composition():
+    from vireid.losses import batch_hard_triplet, cross_entropy
+    from vireid.methods.base import Batch
+    from vireid.methods.deen import DEEN
+
+    model = _small(num_classes=2)
+    method = DEEN(model, height=H, width=W)
+    x, modality = _batch(8)
+    labels = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    torch.manual_seed(5)
+    terms = method.training_step(Batch(x, labels, modality, torch.full((8,), -1)))
+    torch.manual_seed(5)
+    out = model(x, modality)
+    lab3 = labels.repeat(3)
+    ext = deen_expansion_terms(out.pooled, labels, modality, 3)
+    expected = (cross_entropy(out.logits, lab3) + batch_hard_triplet(out.pooled, lab3, margin=0.3)
+                + 0.8 * ext["cpm"] + 0.01 * ext["ort"])
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert terms["cpm"].item() == pytest.approx(0.8 * ext["cpm"].item(), rel=1e-4)

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.height=64", "data.width=32", "data.workers=0", "model.arch=resnet18_half", "model.pretrained=none",
         "model.non_local=false", "train.device=cpu", "train.threads=2", "eval.trials=2"]
 YAML = {"agw": "configs/agw/sysu.yaml", "caj": "configs/caj/sysu.yaml", "msclnet": "configs/msclnet/sysu.yaml",
-        "aml": "configs/aml/synthetic.yaml"}
+        "aml": "configs/aml/synthetic.yaml", "deen": "configs/deen/sysu.yaml"}
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +46,12 @@ def _cfg(name: str, data: dict[str, Path], out: Path):
 
 
 def test_every_builtin_method_is_registered_with_a_recipe():
-    assert {"agw", "caj", "msclnet", "aml"} <= set(method_names())
-    for name in ("agw", "caj", "msclnet", "aml"):
+    assert {"agw", "caj", "msclnet", "aml", "deen"} <= set(method_names())
+    for name in ("agw", "caj", "msclnet", "aml", "deen"):
         assert get_method(name).summary
 
 
-@pytest.mark.parametrize("name", ["agw", "caj", "msclnet", "aml"])
+@pytest.mark.parametrize("name", ["agw", "caj", "msclnet", "aml", "deen"])
 def test_method_contract(name, data, tmp_path):
     """Built from its YAML: one step on a fixed batch lowers the loss, the model round-trips through a checkpoint's
     state and rebuild, eval features are unit-norm [B, D]."""

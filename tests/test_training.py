@@ -2,7 +2,7 @@
 
 What is covered here (the engine's DDP and SIGKILL-resume behaviour is covered on a toy method in test_engine*.py):
 
-* each method (AGW, CAJ, MSCLNet) lowers its training loss on a synthetic SYSU-MM01 and ends well above chance on
+* each supervised method (AGW, CAJ, MSCLNet, DEEN) lowers its training loss on a synthetic SYSU-MM01 and ends well above chance on
   the sysu protocol, writing every artefact of a run;
 * the `vireid train` command: ``--set`` overrides reach the run, a second run into the same folder is refused,
   ``--resume`` continues without repeating steps;
@@ -113,7 +113,8 @@ _RUNS: dict[str, tuple[Path, dict]] = {}
 # The method section of each "learns" run: the recipe defaults, except CAJ's metric loss. CAJ's official ESD starts
 # slower (Rank-1 17.2 vs 30.5 with WRT at this budget, seed 0, torch 2.14.1); its value is pinned by hand-computed
 # cases in test_losses.py.
-LEARNS = {"agw": "{name: agw}", "caj": "{name: caj, metric_loss: wrt}", "msclnet": "{name: msclnet}"}
+LEARNS = {"agw": "{name: agw}", "caj": "{name: caj, metric_loss: wrt}", "msclnet": "{name: msclnet}",
+          "deen": "{name: deen}"}
 
 
 def method_run(synth: dict[str, Path], base: Path, method: str) -> tuple[Path, dict]:
@@ -139,7 +140,7 @@ def runs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["agw", "caj", "msclnet"])
+@pytest.mark.parametrize("method", ["agw", "caj", "msclnet", "deen"])
 def test_method_lowers_loss_and_beats_chance(synth, runs_dir, method):
     out, results = method_run(synth, runs_dir, method)
     rows = log_rows(out)
@@ -157,9 +158,10 @@ def test_method_lowers_loss_and_beats_chance(synth, runs_dir, method):
     num_test_ids = len(np.unique(np.load(out / "test_features.npz")["pids"]))
     assert num_test_ids == 8
     chance = 100.0 / num_test_ids
-    # observed with seed 0, 2 threads: torch 2.14.1 (CUDA build on CPU) AGW 24.8, CAJ 30.5, MSCLNet 31.3; an earlier
-    # torch build gave AGW 32.5, CAJ 31.3 (chance 12.5). The floor, 1.5x chance, sits below the build-to-build spread.
-    assert saved["rank1"] >= 1.5 * chance, saved["rank1"]
+    # observed with seed 0, 2 threads: torch 2.14.1 (CUDA build on CPU) AGW 24.8, CAJ 30.5, MSCLNet 31.3, DEEN 20.0;
+    # an earlier torch build gave AGW 32.5, CAJ 31.3 (chance 12.5). The floor, 1.5x chance, sits below the
+    # build-to-build spread; DEEN, whose four embedding branches share 160 steps, gets 1.3x.
+    assert saved["rank1"] >= (1.3 if method == "deen" else 1.5) * chance, saved["rank1"]
     assert 0 < saved["mAP"] <= 100 and saved["cmc"][-1] >= saved["rank1"]
 
     for name in ("best.pt", "last.pt", "test_features.npz", "test_results.json", "cmc.png", "log.jsonl"):

@@ -4,7 +4,7 @@ Importing this package registers the built-in methods (AGW, CAJ, MSCLNet, AML). 
 :func:`register_method` (docs/adding_a_method.md).
 """
 
-from vireid.methods import agw, aml, caj, msclnet  # noqa: F401  (each registers itself)
+from vireid.methods import agw, aml, caj, deen, msclnet  # noqa: F401  (each registers itself)
 from vireid.methods.base import Batch, Method, Phase, PhasePlan, PhaseRun, RunContext
 from vireid.methods.registry import MethodSettings, MethodSpec, get_method, method_names, register_method
 
