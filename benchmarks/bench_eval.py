@@ -249,8 +249,9 @@ def main() -> None:
     with RESULTS.open("a", newline="") as fh:
         w = csv.writer(fh)
         if new:
-            w.writerow(["date", "case", "impl", "queries", "gallery", "trials", "dim", "seconds", "loop_only_s", "peak_rss_mb", "rss_before_mb",
-                        "speedup_vs_loop", "max_diff_pp", "rank1", "mAP", "mINP", "threads", "load_avg_1min", "torch"])
+            w.writerow(["date", "case", "impl", "queries", "gallery", "trials", "dim", "seconds", "loop_only_s",
+                        "peak_rss_mb", "rss_before_mb", "speedup_vs_loop", "max_diff_pp", "rank1", "mAP", "mINP",
+                        "threads", "load_avg_1min", "torch"])
         for case in args.cases:
             ref = run_one(case, "loop", args.dim, repeat=args.repeat, threads=args.threads)
             impls = [("ours", "fast")] + ([("ours-sort", "sort")] if args.also_sort and case == "market" else [])
@@ -264,7 +265,8 @@ def main() -> None:
                 mean = {k: float(np.mean([t[k] for t in ours["trials"]])) for k in ("rank1", "mAP", "mINP")}
                 print(f"{case:<12} {name:<9} {ours['seconds']:7.2f} s  peak {ours['peak_mb']:5.0f} MB (before: "
                       f"{ours['before_mb']:.0f}) | loop "
-                      f"{ref['seconds']:7.2f} s (loop-only {ref['loop_only_s']:.2f} s)  peak {ref['peak_mb']:5.0f} MB | {ratio:5.1f}x | "
+                      f"{ref['seconds']:7.2f} s (loop-only {ref['loop_only_s']:.2f} s)  "
+                      f"peak {ref['peak_mb']:5.0f} MB | {ratio:5.1f}x | "
                       f"max diff {diff:.2e} pp | R1 {mean['rank1']:.2f} mAP {mean['mAP']:.2f}  "
                       f"(Q {t0['num_query']}, G {t0['num_gallery']}, {len(ours['trials'])} trials)")
                 now = datetime.now().isoformat(timespec="seconds")
@@ -272,11 +274,13 @@ def main() -> None:
                     if impl == "loop" and name != "ours":
                         continue
                     w.writerow([now, case, impl, t0["num_query"], t0["num_gallery"], len(res["trials"]), args.dim,
-                                f"{res['seconds']:.3f}", f"{res['loop_only_s']:.3f}", f"{res['peak_mb']:.0f}", f"{res['before_mb']:.0f}", f"{sp:.2f}", f"{diff:.2e}",
+                                f"{res['seconds']:.3f}", f"{res['loop_only_s']:.3f}", f"{res['peak_mb']:.0f}",
+                                f"{res['before_mb']:.0f}", f"{sp:.2f}", f"{diff:.2e}",
                                 f"{mean['rank1']:.4f}", f"{mean['mAP']:.4f}", f"{mean['mINP']:.4f}",
                                 args.threads or os.cpu_count(), f"{res['load']:.2f}", f"numpy {np.__version__}"])
                 fh.flush()
-    print(f"rows appended to {RESULTS.relative_to(ROOT)} ({platform.machine()}, {args.threads or os.cpu_count()} threads)")
+    print(f"rows appended to {RESULTS.relative_to(ROOT)} "
+          f"({platform.machine()}, {args.threads or os.cpu_count()} threads)")
 
 
 if __name__ == "__main__":

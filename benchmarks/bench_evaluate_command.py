@@ -13,8 +13,8 @@ file. Then, in one run, alternately and ``--repeat`` times each (the fastest kep
 Both are timed from process start to exit (interpreter start-up, imports, loading and validating the file
 included), after one untimed run of each that writes the bytecode caches into a temporary folder
 (``PYTHONPYCACHEPREFIX``; an installed package has its .pyc files, and sessions that set PYTHONDONTWRITEBYTECODE would
-otherwise compile every module on every run). The mean metrics of both are compared (max |difference| in percentage points) and one row per side is
-appended to benchmarks/results/evaluate_command.csv.
+otherwise compile every module on every run). The mean metrics of both are compared (max |difference| in percentage
+points) and one row per side is appended to benchmarks/results/evaluate_command.csv.
 
 Run: ``python benchmarks/bench_evaluate_command.py [--queries 6000] [--dim 2048] [--trials 10] [--repeat 3]``.
 """
@@ -36,7 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _harness import append_rows
+from _harness import append_rows  # noqa: E402  (importable only after the sys.path entry above)
 
 RESULTS = ROOT / "benchmarks" / "results" / "evaluate_command.csv"
 HEADER = ["date", "host_cpus", "load_avg_1min", "impl", "queries", "gallery", "trials", "dim", "seconds",

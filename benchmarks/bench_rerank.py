@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from _harness import append_rows, make_features, print_stats, run_worker, timed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rerank.csv"
@@ -71,7 +72,8 @@ def main() -> None:
     mem = (s["peak_mb"] - s["base_mb"]) / max(d["peak_mb"] - d["base_mb"], 1e-9)
     load = os.getloadavg()[0]
     print(
-        f"Q+G={n} D={a.dim} {a.precision}: sparse {s['seconds']:.2f} s vs dense {d['seconds']:.2f} s -> {speed:.1f}x faster; "
+        f"Q+G={n} D={a.dim} {a.precision}: sparse {s['seconds']:.2f} s vs dense {d['seconds']:.2f} s -> "
+        f"{speed:.1f}x faster; "
         f"peak RSS above baseline {s['peak_mb'] - s['base_mb']:.0f} MB vs {d['peak_mb'] - d['base_mb']:.0f} MB "
         f"(ratio {mem:.3f}; total {s['peak_mb']:.0f} vs {d['peak_mb']:.0f} MB); max |diff| {diff.max():.2e}, "
         f"entries > 1e-5: {(diff > 1e-5).sum()} of {diff.size}; load avg {load:.1f}"

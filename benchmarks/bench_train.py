@@ -114,8 +114,9 @@ def cpu_rows(args) -> list[dict]:
             torch.set_num_threads(threads)
             method, opt = build_method(cfg, num_classes, device, cl)
             ips, loss = time_loop(make_step(cfg, method, opt, device, None, cl), batches, args.warmup, lambda: None)
-            rows.append(_row("cpu", f"demo ({cfg.method.name})", cfg, len(batches[0][0]) * 2, f"threads={threads} channels_last={cl}",
-                             cl, "none", False, threads, args.steps, ips, loss))
+            rows.append(_row("cpu", f"demo ({cfg.method.name})", cfg, len(batches[0][0]) * 2,
+                             f"threads={threads} channels_last={cl}", cl, "none", False, threads, args.steps, ips,
+                             loss))
             print(f"  cpu threads={threads} channels_last={cl!s:5}: {ips:7.1f} img/s (loss {loss:.3f})", flush=True)
     base = rows[0]["img_per_s"]
     for r in rows:

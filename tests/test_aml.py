@@ -205,8 +205,7 @@ def test_pseudo_label_sampler_epoch_and_positions():
 
 
 def test_stage2_starts_from_stage1_backbones_only(tmp_path):
-    from vireid.engine.checkpoint import save_checkpoint
-    from vireid.engine.checkpoint import load_checkpoint
+    from vireid.engine.checkpoint import load_checkpoint, save_checkpoint
     from vireid.methods.aml import AMLPhase, _init_from
     from vireid.methods.base import Phase
 
@@ -283,8 +282,8 @@ def _final_state(out: Path, phase: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_pipeline_runs_every_phase_and_resumes_where_killed(synthetic_aml, tmp_path, monkeypatch):
-    from vireid.training import train
     import vireid.methods.aml as aml
+    from vireid.training import train
 
     cfg = load_config(REPO / "configs/aml/sysu_mm02.yaml", _overrides(synthetic_aml, tmp_path / "full", 3, 4))
     full = train(cfg, progress=False)

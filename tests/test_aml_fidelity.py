@@ -227,7 +227,6 @@ def test_cluster_cross_modal_kmeans_default_is_the_reference() -> None:
 
 def test_stage1_pool_takes_pseudo_labelled_test_images_with_their_twins(tmp_path: Path) -> None:
     import _layouts as L  # tests/ is on sys.path
-
     from vireid.data.datasets import load_dataset
 
     L.write_market1501_gen(tmp_path, pplr=False)
@@ -278,8 +277,8 @@ def test_diagnostics_split_per_modality_and_cross_modal_by_hand() -> None:
 
     # RGB: ids 1,1,2,2 clustered perfectly (raw and final); IR: ids 1,1,2,2 clustered perfectly, but the association
     # swapped the two identities: per-modality ARI 1, match precision 0, per-sample match accuracy 0
-    a = Association(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0]), 2, 2, 2, None, raw_labels_rgb=np.array([0, 0, 1, 1]),
-                    raw_labels_ir=np.array([0, 0, 1, 1]))
+    a = Association(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0]), 2, 2, 2, None,
+                    raw_labels_rgb=np.array([0, 0, 1, 1]), raw_labels_ir=np.array([0, 0, 1, 1]))
     d = clustering_diagnostics(a, np.array([1, 1, 2, 2]), np.array([1, 1, 2, 2]))
     assert d["ari_rgb"] == 1.0 and d["ari_ir"] == 1.0 and d["ari_rgb_raw"] == 1.0 and d["ari_ir_raw"] == 1.0
     assert d["match_precision"] == 0.0 and d["match_accuracy_rgb"] == 0.0

@@ -89,8 +89,9 @@ def test_methods_and_lower_layers_never_import_the_run_layer():
     graph = _graph()
     upper = {"vireid.training", "vireid.testing", "vireid.config", "vireid.build", "vireid.checkpoints",
              "vireid.demo"}
-    lower = [m for m in graph if len(m.split(".")) > 1 and m.split(".")[1] in ("methods", "models", "losses", "data", "clustering",
-                                                     "evaluation", "engine", "settings", "errors")]
+    lower = [m for m in graph if len(m.split(".")) > 1
+             and m.split(".")[1] in ("methods", "models", "losses", "data", "clustering",
+                                     "evaluation", "engine", "settings", "errors")]
     offenders = {m: sorted(graph[m] & upper) for m in lower if graph[m] & upper}
     assert offenders == {}
     entry = ("vireid.cli", "vireid.__main__")

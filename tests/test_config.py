@@ -49,15 +49,19 @@ def test_int_is_accepted_for_float_and_number_for_string(tmp_path):
 @pytest.mark.parametrize(
     "override, fragment",
     [
-        ("train.epoch=5", "unknown config key 'train.epoch'; known keys in train: amp, backbone_lr_mult, channels_last"),
+        ("train.epoch=5",
+         "unknown config key 'train.epoch'; known keys in train: amp, backbone_lr_mult, channels_last"),
         ("method.weights.wrt=-1", "config value method.weights.wrt=-1 is invalid: expected a weight >= 0"),
         ("method.weights.wrt=abc", "config value method.weights.wrt='abc' is invalid: expected a weight >= 0"),
-        ("model.arch=vgg", "config value model.arch='vgg' is invalid: expected a registered backbone (resnet18, resnet18_half, resnet50)"),
+        ("model.arch=vgg",
+         "config value model.arch='vgg' is invalid: "
+         "expected a registered backbone (resnet18, resnet18_half, resnet50)"),
         ("trian.epochs=5", "unknown config key 'trian'; known keys: augment, data, eval"),
         ("train.epochs=abc", "config key 'train.epochs' expects an integer, got 'abc' (str)"),
         ("train.epochs=2.5", "config key 'train.epochs' expects an integer, got 2.5 (float)"),
         ("train.lr=fast", "config key 'train.lr' expects a number, got 'fast' (str)"),
-        ("data.dataset=sysu", "config value data.dataset='sysu' is invalid: expected a registered dataset (llcm, market1501"),
+        ("data.dataset=sysu",
+         "config value data.dataset='sysu' is invalid: expected a registered dataset (llcm, market1501"),
         ("augment.erasing_area=[0.1]", "config key 'augment.erasing_area' expects 2 values, got 1"),
         ("train.milestones=5", "config key 'train.milestones' expects a list, got 5 (int)"),
         ("data.trial=11", "config value data.trial=11 is invalid: expected an integer in 1..10"),

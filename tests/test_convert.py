@@ -263,9 +263,9 @@ def test_wrong_architecture_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_vireid_checkpoint_with_other_architecture_config_is_refused(tmp_path: Path) -> None:
     """A vireid resnet18_half checkpoint whose config names resnet18: the one-line load error."""
+    from vireid.checkpoints import load_trained_model
     from vireid.config import Config, dump_yaml, from_dict
     from vireid.engine.checkpoint import make_meta, save_checkpoint
-    from vireid.checkpoints import load_trained_model
 
     model = agw_model(non_local=False)
     cfg = from_dict(Config, {"model": {"arch": "resnet18", "pretrained": "none", "non_local": False}})

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import _layouts as L  # tests/ is on sys.path (pytest rootdir-relative import of test modules)
 import pytest
 from PIL import Image
 
+import _layouts as L  # tests/ is on sys.path (pytest rootdir-relative import of test modules)
 from vireid.cli import main
 from vireid.data.datasets import load_dataset
 from vireid.data.images import load_image
@@ -123,7 +123,8 @@ CASES: dict[str, Case] = {
                               "exp/train_id.txt:1: id 3 has no folder in any of cam1..cam6 (expected camK/0003/); "
                               "restore its images or remove it from the list"),
     "id in two splits": Case("sysu_mm01", sysu(write("exp/test_id.txt", "2,9,4")),
-                             "exp/test_id.txt:1: id 4 is also listed in exp/train_id.txt; each id belongs to one split"),
+                             "exp/test_id.txt:1: id 4 is also listed in exp/train_id.txt; "
+                             "each id belongs to one split"),
     "camera folder missing": Case("sysu_mm01", sysu(lambda r: [p.unlink() for p in (r / "cam5").rglob("*.jpg")]
                                                     and __import__("shutil").rmtree(r / "cam5")),
                                   "cam5/: camera folder missing; SYSU-MM01 has cam1..cam6 (ROOT/cam1..cam6/PPPP/"
@@ -338,7 +339,8 @@ def test_wrong_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert str(err.value) == expected
     assert main(["data", "check", str(root), "--dataset", "sysu_mm01"]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines.count(f"error: {expected}") == 1 and lines[-1] == "NOT USABLE: 1 error, 0 warnings; fix the errors above"
+    assert (lines.count(f"error: {expected}") == 1
+            and lines[-1] == "NOT USABLE: 1 error, 0 warnings; fix the errors above")
 
 
 def test_wrong_layout_for_each_parser(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from test_protocols import (
     exact_features,
     llcm_rows,
@@ -15,7 +16,6 @@ from test_protocols import (
     regdb_rows,
     sysu_rows,
 )
-
 from vireid.cli import main
 from vireid.evaluation import build_protocol, evaluate_protocol, load_features
 
@@ -124,7 +124,7 @@ def bad_cases(tmp_path: Path):
     return [
         ("missing key", write_npz(tmp_path / "a.npz", rows, camids=None), ["--protocol", "sysu"], "missing key"),
         ("lengths", write_npz(tmp_path / "b.npz", rows, pids=np.ones(n - 1, np.int64)), ["--protocol", "sysu"],
-         "has %d rows but 'features' has %d" % (n - 1, n)),
+         f"has {n - 1} rows but 'features' has {n}"),
         ("nan", write_npz(tmp_path / "c.npz", rows, features=nan_feats), ["--protocol", "sysu"], "NaN or infinite"),
         ("int features", write_npz(tmp_path / "d.npz", rows, features=np.ones((n, 4), np.int64)),
          ["--protocol", "sysu"], "'features' must be a float array"),

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from _checkpoint import tiny_run
+from vireid.checkpoints import load_trained_model
 from vireid.cli import main
 from vireid.data.cache import ImageCache
 from vireid.inference.extract import extract_features
 from vireid.inference.images import DEFAULT_IR_THRESHOLD, ir_scores, layout_ids
-from vireid.checkpoints import load_trained_model
 
 IR_CAMS = (3, 6)
 
@@ -251,6 +251,7 @@ def test_agw_format_checkpoint_extracts_like_the_vireid_one(tiny, subset, tmp_pa
     """`--checkpoint-format agw`: the tiny run's weights saved in AGW's key layout give the same features file as
     the vireid checkpoint they came from (same size and flip given on the command line)."""
     import torch
+
     from test_convert import their_agw_state
 
     ckpt, _ = tiny

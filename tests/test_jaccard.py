@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from _features import clustered
 from vireid.clustering import (
     cluster_dbscan,
     dbscan_sparse,
@@ -15,7 +16,6 @@ from vireid.clustering import (
 )
 from vireid.clustering.kreciprocal import blocked_knn, expanded_reciprocal_sets, half_k
 from vireid.clustering.reference import faiss_knn, jaccard_distance_dense
-from _features import clustered
 
 
 @pytest.fixture(scope="module")

@@ -265,7 +265,8 @@ def test_esd_gradcheck_below_the_clamp():
 def test_batch_hard_margin_and_soft_margin_by_hand():
     x, y = t([[0.0], [1.0], [3.0], [6.0]]), torch.tensor([0, 0, 1, 1])
     # hardest positive / closest negative:
-    # a0: d+ 1, d- min(3,6)=3 -> -2 ; a1: d+ 1, d- min(2,5)=2 -> -1 ; a2: d+ 3, d- min(3,2)=2 -> +1 ; a3: d+ 3, d- 5 -> -2
+    # a0: d+ 1, d- min(3,6)=3 -> -2 ; a1: d+ 1, d- min(2,5)=2 -> -1 ;
+    # a2: d+ 3, d- min(3,2)=2 -> +1 ; a3: d+ 3, d- 5 -> -2
     # margin 0.3: relu(-1.7) + relu(-0.7) + relu(1.3) + relu(-1.7) = 1.3 -> /4 = 0.325
     assert batch_hard_triplet(x, y, margin=0.3).item() == pytest.approx(0.325, abs=1e-6)
     # soft margin: (softplus(-2) + softplus(-1) + softplus(1) + softplus(-2)) / 4

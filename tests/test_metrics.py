@@ -155,7 +155,8 @@ def test_max_rank_padding(method, backend):
     # query pid 1 found at rank 2 -> cmc = [0, 0, 1, 1, ..., 1] (20 values)
     r = ev([[0.1, 0.2, 0.3]], [1], [2, 3, 1], method=method, backend=backend)
     assert len(r.cmc) == 20 and r.cmc.tolist() == [0, 0] + [1] * 18
-    assert ev([[0.1, 0.2, 0.3]], [1], [2, 3, 1], max_rank=5, method=method, backend=backend).cmc.tolist() == [0, 0, 1, 1, 1]
+    assert ev([[0.1, 0.2, 0.3]], [1], [2, 3, 1], max_rank=5, method=method,
+              backend=backend).cmc.tolist() == [0, 0, 1, 1, 1]
 
 
 def test_summary_in_percent():

@@ -161,7 +161,8 @@ def test_instance_norm_parts_pairing_and_centres() -> None:
 
 def test_instance_norm_is_affine_by_default_and_matches_eq1_by_hand() -> None:
     # Eq. 1: IN(x) = gamma * (x - mu) / sqrt(sigma^2 + eps) + beta, per sample and channel, biased variance.
-    # channel 0 = [[1, 3], [1, 3]]: mu 2, sigma^2 ((1 + 1 + 1 + 1) / 4) = 1 -> x_hat = [[-1, 1], [-1, 1]] / sqrt(1 + eps)
+    # channel 0 = [[1, 3], [1, 3]]: mu 2, sigma^2 ((1 + 1 + 1 + 1) / 4) = 1
+    #                                  -> x_hat = [[-1, 1], [-1, 1]] / sqrt(1 + eps)
     # channel 1 = [[0, 0], [4, 4]]: mu 2, sigma^2 (4 * 4 / 4) = 4    -> x_hat = [[-2, -2], [2, 2]] / sqrt(4 + eps)
     eps = 1e-5
     x = torch.tensor([[[[1.0, 3.0], [1.0, 3.0]], [[0.0, 0.0], [4.0, 4.0]]]])

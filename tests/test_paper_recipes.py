@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import _layouts as L
 import pytest
 import torch
 
+import _layouts as L
 from vireid.data.datasets import load_dataset
 from vireid.data.pools import split_train_val
 from vireid.losses import enhanced_squared_difference, weighted_regularized_triplet

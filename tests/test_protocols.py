@@ -122,7 +122,7 @@ def assert_same(result, ref) -> None:
 
 def agw_sysu_lists(root: Path, mode: str, trial: int) -> tuple[list[str], list[str]]:
     ids = sorted({int(d) for c in os.listdir(root) if c.startswith("cam") for d in os.listdir(root / c)})
-    ids = ["%04d" % x for x in ids]
+    ids = [f"{x:04d}" for x in ids]
     query = []
     for pid in sorted(ids):
         for cam in ["cam3", "cam6"]:
@@ -305,11 +305,11 @@ def test_llcm_against_reference(tmp_path, direction):
     qmod = "vis" if direction == "v2i" else "nir"
     gmod = "nir" if direction == "v2i" else "vis"
     ids = sorted(set(fs.pids.tolist()))
-    q = np.array(sorted((rows[p] for p in rows if p.startswith(f"test_{qmod}/"))))
+    q = np.array(sorted(rows[p] for p in rows if p.startswith(f"test_{qmod}/")))
     for t, result in enumerate(res.per_trial):
         random.seed(t)
         g = []
-        for pid in ["%04d" % x for x in ids]:
+        for pid in [f"{x:04d}" for x in ids]:
             for cam in range(1, 10):
                 d = tmp_path / f"test_{gmod}" / f"cam{cam}" / pid
                 if d.is_dir():

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import _layouts as L  # tests/ is on sys.path
 import numpy as np
 import pytest
 
+import _layouts as L  # tests/ is on sys.path
 from vireid.cli import main
 from vireid.data.datasets import load_dataset
 from vireid.errors import DataError, FeaturesError

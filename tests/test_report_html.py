@@ -299,6 +299,7 @@ def test_aml_run_folder_final_untrained_phase_log_and_clustering_figure(tiny: Pa
     assert main(["report", str(run)]) == 0
     text = (run / "report.html").read_text()
     cells = {(row, m): v for row, m, v in _parse(text).cells}
-    assert cells[("metrics:untrained", "rank1")] == "3.50" and cells[("metrics:trained", "mAP")] == f"{trained['mAP']:.2f}"
+    assert (cells[("metrics:untrained", "rank1")] == "3.50"
+            and cells[("metrics:trained", "mAP")] == f"{trained['mAP']:.2f}")
     assert "Re-clustering diagnostics" in text
     assert base64.b64encode((run / "clustering.png").read_bytes()).decode("ascii") in text

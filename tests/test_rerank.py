@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _features import clustered
 
+from _features import clustered
 from vireid.evaluation.features import validate_features
 from vireid.evaluation.metrics import evaluate_ranking
 from vireid.evaluation.protocols import build_protocol, evaluate_protocol

@@ -12,8 +12,8 @@ from PIL import Image
 
 import vireid.inference.search as search_mod
 from test_extract import copy_ids, one_line_error, reference_features, run_cli, tiny_checkpoint
-from vireid.inference.search import search
 from vireid.checkpoints import load_trained_model
+from vireid.inference.search import search
 
 
 def brute_force(q: np.ndarray, g: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:

@@ -81,7 +81,8 @@ def test_sysu_mm01_layout(small):
         assert b"\n" not in raw and b" " not in raw, f"{k}_id.txt must be one line without trailing newline"
         ids[k] = [int(x) for x in raw.decode().split(",")]
         assert ids[k] == sorted(ids[k]) == m.splits[f"{k}_ids"]
-    assert (len(ids["train"]), len(ids["val"]), len(ids["test"])) == (4, 2, 2)  # 8 ids at 296/99/96 proportions, rounded
+    # 8 ids at 296/99/96 proportions, rounded
+    assert (len(ids["train"]), len(ids["val"]), len(ids["test"])) == (4, 2, 2)
     assert not set(ids["train"]) & set(ids["val"]) and not set(ids["test"]) & set(ids["train"] + ids["val"])
     folders = defaultdict(set)
     for i in m.images:

@@ -2,8 +2,8 @@
 
 What is covered here (the engine's DDP and SIGKILL-resume behaviour is covered on a toy method in test_engine*.py):
 
-* each supervised method (AGW, CAJ, MSCLNet, DEEN) lowers its training loss on a synthetic SYSU-MM01 and ends well above chance on
-  the sysu protocol, writing every artefact of a run;
+* each supervised method (AGW, CAJ, MSCLNet, DEEN) lowers its training loss on a synthetic SYSU-MM01 and ends well
+  above chance on the sysu protocol, writing every artefact of a run;
 * the `vireid train` command: ``--set`` overrides reach the run, a second run into the same folder is refused,
   ``--resume`` continues without repeating steps;
 * `vireid test` and `vireid evaluate` agree on the features file the test wrote;
@@ -188,8 +188,8 @@ def test_method_lowers_loss_and_beats_chance(synth, runs_dir, method):
 def cli_run(synth, tmp_path_factory) -> dict:
     """`vireid train` for one epoch of 2 steps, a refused rerun, then `--resume` to epoch 2."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    first = cli_process("train", str(DEMO_YAML), "--quiet", "--set", *small(synth, out, "train.epochs=1", "train.log_every=1",
-                                                                     "train.steps_per_epoch=3"))
+    first = cli_process("train", str(DEMO_YAML), "--quiet", "--set",
+                        *small(synth, out, "train.epochs=1", "train.log_every=1", "train.steps_per_epoch=3"))
     rows_after_first = log_rows(out) if (out / "log.jsonl").is_file() else []
     again = cli_process("train", str(DEMO_YAML), "--quiet", "--set", *small(synth, out, "train.epochs=1"))
     resumed = cli_process("train", str(DEMO_YAML), "--quiet", "--resume", "--set",

@@ -250,7 +250,8 @@ def test_agw_pipeline_equals_torchvision_with_same_params():
 
 def test_determinism_and_seed_sensitivity():
     x = rand_u8(8, 20, 10)
-    pipes = [T.agw_train_transform(20, 10, erasing=0.5), T.agw_train_transform(20, 10, erasing=0.8, erasing_fill="random")]
+    pipes = [T.agw_train_transform(20, 10, erasing=0.5),
+             T.agw_train_transform(20, 10, erasing=0.8, erasing_fill="random")]
     for t in pipes:
         assert torch.equal(t(x, gen(5)), t(x, gen(5)))
         assert not torch.equal(t(x, gen(5)), t(x, gen(6)))
@@ -290,7 +291,8 @@ def test_aml_erasing_fill_is_mean_pixel():
     white = torch.tensor([(1 - m) / s for m, s in zip(T.IMAGENET_MEAN, T.IMAGENET_STD)]).view(1, 3, 1, 1)
     erased = (out == 0).all(1)
     assert erased.any(dim=(1, 2)).all()
-    assert torch.allclose(out.masked_fill(erased.unsqueeze(1), 0), (white.expand_as(out)).masked_fill(erased.unsqueeze(1), 0))
+    assert torch.allclose(out.masked_fill(erased.unsqueeze(1), 0),
+                          (white.expand_as(out)).masked_fill(erased.unsqueeze(1), 0))
 
 
 def test_dtypes_and_meta_device():

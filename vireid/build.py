@@ -23,7 +23,8 @@ def dataset_from_config(data: DataConfig, *, strict: bool = True, check_images: 
 
 
 def model_from_config(model: ModelConfig, num_classes: int, *, pretrained: str | None = None) -> torch.nn.Module:
-    """The network of ``model``; ``pretrained`` overrides ``model.pretrained`` (e.g. "none" when a checkpoint follows)."""
+    """The network of ``model``; ``pretrained`` overrides ``model.pretrained`` (e.g. "none" when a checkpoint
+    follows)."""
     from vireid.models import build_model
 
     return build_model(

@@ -35,7 +35,7 @@ class TestSettings:
     batch_size: int = 128
 
     @classmethod
-    def of(cls, cfg: Config) -> "TestSettings":
+    def of(cls, cfg: Config) -> TestSettings:
         return cls(cfg.data.height, cfg.data.width, cfg.eval.flip, cfg.eval.feature, cfg.eval.batch_size)
 
 

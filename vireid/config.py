@@ -94,7 +94,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections (data:, train:, ...), got {type(loaded).__name__}")
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (data:, train:, ...), "
+                              f"got {type(loaded).__name__}")
         raw = loaded
     for ov in overrides or []:
         apply_override(raw, ov)

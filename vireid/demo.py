@@ -172,7 +172,7 @@ def _ranked_list(path: Path, root: Path, test: list[Sample], plan, feats: np.nda
 
     trial = plan.trials[0]
     seen: set[int] = set()
-    probes = []
+    probes: list[int] = []
     for q in trial.query:
         if plan.pids[q] not in seen and len(probes) < rows:
             seen.add(int(plan.pids[q]))

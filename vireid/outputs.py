@@ -72,7 +72,8 @@ def check_writable_dir(path: str | os.PathLike[str], what: str = "output folder"
         fd, probe = tempfile.mkstemp(prefix=".vireid-write-probe-", dir=base)
     except OSError as exc:
         where = "in it" if base == out.absolute() else f"in {base}"
-        raise OutputError(f"{what} {out}: cannot write {where} ({os_reason(exc)}); choose a writable location") from None
+        raise OutputError(f"{what} {out}: cannot write {where} ({os_reason(exc)}); "
+                          "choose a writable location") from None
     os.close(fd)
     try:
         os.unlink(probe)

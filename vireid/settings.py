@@ -15,7 +15,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Union, cast, get_args, get_origin
 
 import yaml
 
@@ -248,8 +248,8 @@ def from_dict(cls: type, data: Any, source: str = "<config>", prefix: str = "") 
                 section, name = prefix[:-1], data.get("name", "...")
                 hint = (f"; to switch the {section} of a YAML that sets {section} options, replace the whole "
                         f"section: --set '{section}={{name: {name}}}'")
-            raise ConfigError(f"{where}unknown config key '{full}'; known keys{' in ' + prefix[:-1] if prefix else ''}: "
-                              f"{known}{hint}")
+            raise ConfigError(f"{where}unknown config key '{full}'; "
+                              f"known keys{' in ' + prefix[:-1] if prefix else ''}: {known}{hint}")
         kwargs[key] = _coerce(hints[key], value, full, source)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -270,7 +270,7 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     origin = get_origin(tp)
     args = get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value if value is not None else {}, source, prefix=f"{key}.")
+        return from_dict(cast(type, tp), value if value is not None else {}, source, prefix=f"{key}.")
     if origin is Literal:
         if value not in args:
             allowed = ", ".join(repr(a) for a in args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 from dataclasses import replace
+from typing import Any
 
 NAME = "evaluate"
 HELP = "Evaluate a features file (.npz) with a published protocol (Rank-k, mAP, mINP, JSON)."
@@ -79,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="working-memory budget of the metric computation (default: 512)")
 
 
-def _options(args: argparse.Namespace) -> dict[str, object]:
+def _options(args: argparse.Namespace) -> dict[str, Any]:
     """Resolve defaults per protocol and refuse options that do not apply (instead of ignoring them)."""
     from vireid.errors import FeaturesError
 

@@ -31,5 +31,6 @@ def run(args: argparse.Namespace) -> int:
         if lock is not None:
             lock.release()
     if "rank1" in result:
-        print(f"{cfg.output_dir}: Rank-1 {result['rank1']:.2f}  mAP {result['mAP']:.2f}  mINP {result.get('mINP', 0):.2f}")
+        print(f"{cfg.output_dir}: Rank-1 {result['rank1']:.2f}  mAP {result['mAP']:.2f}  "
+              f"mINP {result.get('mINP', 0):.2f}")
     return 0

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from vireid.clustering.kreciprocal import (
+    _gather_dots,
     blocked_knn,
     expanded_reciprocal_sets,
     half_k,
     min_sums_symmetric_upper,
-    _gather_dots,
     pattern_values,
     query_expansion,
     resolve_device,
@@ -174,9 +174,9 @@ def jaccard_distance_sparse(
         data_parts.append(d[rr, cc].cpu().numpy())
     r = np.concatenate(rows_parts)
     c = np.concatenate(cols_parts)
-    d = np.concatenate(data_parts)
+    vals = np.concatenate(data_parts)
     off = r != c
-    r, c, d = np.concatenate([r, c[off]]), np.concatenate([c, r[off]]), np.concatenate([d, d[off]])
+    r, c, vals = np.concatenate([r, c[off]]), np.concatenate([c, r[off]]), np.concatenate([vals, vals[off]])
     order = np.lexsort((c, r))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))])
-    return sp.csr_matrix((d[order], c[order], indptr), shape=(n, n))
+    return sp.csr_matrix((vals[order], c[order], indptr), shape=(n, n))

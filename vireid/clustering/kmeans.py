@@ -184,7 +184,8 @@ def cosine_kmeans(
     spherical: bool = True,
     n_init: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means of ``features`` [N, D] (L2-normalised inside): ``(labels int64 [N], centroids float32 [k, D])``.
+    """Spherical k-means of ``features`` [N, D] (L2-normalised inside):
+    ``(labels int64 [N], centroids float32 [k, D])``.
 
     Labels are in 0..k-1 (every row gets the nearest centroid: no outliers); centroids are L2-normalised. Both
     backends start from the same seeded initial centroids (``init``: k-means++ seeding, or k distinct random rows)
@@ -264,7 +265,8 @@ def reference_kmeans(
     """
     x = features.detach() if isinstance(features, torch.Tensor) else torch.as_tensor(np.asarray(features))
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ClusteringError(f"reference_kmeans: features must be a non-empty [N, D] array, got shape {tuple(x.shape)}")
+        raise ClusteringError(f"reference_kmeans: features must be a non-empty [N, D] array, "
+                              f"got shape {tuple(x.shape)}")
     x = x.to(torch.float32)
     if not bool(torch.isfinite(x).all()):
         raise ClusteringError("reference_kmeans: features contain NaN or inf; fix the feature extraction first")

@@ -254,8 +254,9 @@ def min_sums_symmetric_upper(
     (the rest is zero).
 
     The Jaccard numerator, computed through an inverted index: every stored ``V[i, k]`` meets the stored entries
-    of column k, so the work is the number of co-occurring pairs, not N^2. S is symmetric, so half the meetings suffice: with each column's rows sorted, the partners j >= i of a
-    stored V[i, k] are the suffix of column k's list that starts at i's own entry.
+    of column k, so the work is the number of co-occurring pairs, not N^2. S is symmetric, so half the meetings
+    suffice: with each column's rows sorted, the partners j >= i of a stored V[i, k] are the suffix of column k's
+    list that starts at i's own entry.
     """
     n = v.shape[0]
     vr = v.tocsr()

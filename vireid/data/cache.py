@@ -33,9 +33,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,7 +107,7 @@ class ImageCache:
         cache_dir: str | Path | None = None,
         workers: int = 2,
         progress: bool = True,
-    ) -> "ImageCache":
+    ) -> ImageCache:
         """Open the cache of ``paths`` (relative to ``root``) at ``height`` x ``width``, building it if needed.
 
         Args:
@@ -133,7 +134,7 @@ class ImageCache:
         return cls._build(directory, key, Path(root).expanduser().resolve(), paths, height, width, workers, progress)
 
     @classmethod
-    def _try_open(cls, directory: Path, key: str, count: int, height: int, width: int) -> "ImageCache | None":
+    def _try_open(cls, directory: Path, key: str, count: int, height: int, width: int) -> ImageCache | None:
         npy, sidecar = directory / f"{key}.npy", directory / f"{key}.json"
         if not (npy.is_file() and sidecar.is_file()):
             return None
@@ -148,7 +149,7 @@ class ImageCache:
 
     @classmethod
     def _build(cls, directory: Path, key: str, root: Path, paths: list[str], height: int, width: int,
-               workers: int, progress: bool) -> "ImageCache":
+               workers: int, progress: bool) -> ImageCache:
         start = time.perf_counter()
         fd, tmp_name = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".npy.tmp", dir=directory)
         os.close(fd)

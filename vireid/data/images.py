@@ -29,7 +29,8 @@ def load_image(path: str | Path) -> Image.Image:
         raise DataError(f"{path}: image file not found; check the dataset root and list files") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: cannot decode image ({reason}); replace the file or remove it from the list") from None
+        raise DataError(f"{path}: cannot decode image ({reason}); "
+                        "replace the file or remove it from the list") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -52,5 +53,5 @@ def load_resized(path: str | Path, height: int, width: int) -> np.ndarray:
     """Decode ``path`` and resize to (height, width) with Lanczos (the AGW-family preprocessing): uint8 [H, W, 3]."""
     img = load_image(path)
     if img.size != (width, height):
-        img = img.resize((width, height), Image.LANCZOS)
+        img = img.resize((width, height), Image.Resampling.LANCZOS)
     return np.asarray(img, dtype=np.uint8)

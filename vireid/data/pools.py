@@ -7,8 +7,9 @@ images, labels and cameras (:data:`vireid.engine.trainer.FetchBatch`); everythin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ class TrainArrays:
     ir_rows: np.ndarray
 
     @classmethod
-    def build(cls, cache: ImageCache, samples: Sequence[Sample]) -> "TrainArrays":
+    def build(cls, cache: ImageCache, samples: Sequence[Sample]) -> TrainArrays:
         mods = np.array([s.modality for s in samples])
         return cls(cache, np.array([s.label for s in samples], dtype=np.int64),
                    np.array([s.camid for s in samples], dtype=np.int64),

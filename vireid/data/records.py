@@ -11,10 +11,11 @@ Protocols form query and gallery sets from these records; trainers read ``label`
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 
 class Modality(IntEnum):

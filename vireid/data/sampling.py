@@ -14,7 +14,7 @@ Labels < 0 (unlabeled images, clustering outliers) are never drawn.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 

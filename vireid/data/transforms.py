@@ -27,9 +27,9 @@ aligned AML blend). Pipelines for the recipes::
 from __future__ import annotations
 
 import abc
-
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -93,12 +93,14 @@ def to_float(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return x if dtype is None else x.to(dtype)
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """Per-channel ``(x - mean) / std`` of a float batch in [0, 1] (ImageNet statistics by default)."""
     return (x - _const(mean, x)) / _const(std, x)
 
 
-def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """Inverse of :func:`normalize`: back to [0, 1] pixel space (not clamped)."""
     return x * _const(std, x) + _const(mean, x)
 
@@ -325,8 +327,9 @@ class RandomErasing(Op):
     """
 
     def __init__(self, p: float = 0.5, area: tuple[float, float] = (0.02, 0.4), ratio: float = 0.3,
-                 fill: Fill | tuple[float, float, float] = "imagenet_mean", aspect: Literal["uniform", "log_uniform"] = "uniform",
-                 normalized: bool = True, attempts: int = 100) -> None:
+                 fill: Fill | tuple[float, float, float] = "imagenet_mean",
+                 aspect: Literal["uniform", "log_uniform"] = "uniform", normalized: bool = True,
+                 attempts: int = 100) -> None:
         _check_p(p, "erasing")
         lo, hi = area
         if not 0.0 < lo <= hi <= 1.0:

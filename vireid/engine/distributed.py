@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -68,7 +69,7 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
         raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set; launch with "
                            "torchrun --nproc_per_node N (it sets them)")
     backend = backend or ("nccl" if cuda else "gloo")
-    kwargs = {"device_id": device} if backend == "nccl" else {}
+    kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
     dist.init_process_group(backend=backend, init_method="env://", rank=_env_int("RANK", 0),
                             world_size=_env_int("WORLD_SIZE", 1),
                             timeout=datetime.timedelta(minutes=timeout_minutes), **kwargs)

@@ -168,7 +168,8 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise OutputError(f"{self.what} {self.folder}: cannot create its lock file ({os_reason(exc)})") from None
+                raise OutputError(f"{self.what} {self.folder}: cannot create its lock file "
+                                  f"({os_reason(exc)})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -216,7 +217,8 @@ class RunLock:
                     return
                 continue
             except OSError as exc:
-                raise OutputError(f"{self.what} {self.folder}: cannot create its lock file ({os_reason(exc)})") from None
+                raise OutputError(f"{self.what} {self.folder}: cannot create its lock file "
+                                  f"({os_reason(exc)})") from None
             with os.fdopen(fd, "w") as f:
                 f.write(data)
             return

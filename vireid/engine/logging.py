@@ -14,8 +14,9 @@ import json
 import math
 import numbers
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -94,7 +95,7 @@ class JsonlLogger:
             self._tb.close()
             self._tb = None
 
-    def __enter__(self) -> "JsonlLogger":
+    def __enter__(self) -> JsonlLogger:
         return self
 
     def __exit__(self, *exc: object) -> None:

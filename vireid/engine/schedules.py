@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 LRLambda = Callable[[int], float]
 """A schedule: 0-based epoch or step index -> factor on the initial learning rate."""
@@ -142,7 +142,8 @@ AML_FINAL_LR = 7.7e-7
 
 
 def aml_stage1(base_lr: float = 3.5e-4) -> WarmupHoldCosine:
-    """AML stage 1 (SPEC 6), per iteration: warm-up 2,000 from 0.01, constant until 9,000, cosine to 7.7e-7 at 15,000."""
+    """AML stage 1 (SPEC 6), per iteration: warm-up 2,000 from 0.01, constant until 9,000, cosine to 7.7e-7 at
+    15,000."""
     return WarmupHoldCosine(base_lr, warmup=2000, warmup_factor=0.01, hold_until=9000, total=15000,
                             final_lr=AML_FINAL_LR)
 

@@ -33,8 +33,9 @@ import contextlib
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 
 import numpy as np
 import torch
@@ -48,6 +49,9 @@ from vireid.engine.seeding import get_rng_state, make_generator, set_rng_state
 from vireid.errors import CheckpointError
 from vireid.methods.base import Batch, Method
 
+if TYPE_CHECKING:  # annotations only
+    from torch.nn.parallel import DistributedDataParallel
+
 FetchBatch = Callable[[Sequence[int], Sequence[int]], tuple]
 """``fetch_batch(rgb_idx, ir_idx) -> (rgb_u8, ir_u8, rgb_labels, ir_labels, rgb_cams | None, ir_cams | None)``:
 uint8 image tensors [B, 3, H, W] and long label/camera tensors (any device; the trainer moves them)."""
@@ -60,7 +64,7 @@ class StepSampler(Protocol):
 
     def __len__(self) -> int: ...
 
-    def __iter__(self) -> Iterable[tuple[Sequence[int], Sequence[int]]]: ...
+    def __iter__(self) -> Iterator[tuple[Sequence[int], Sequence[int]]]: ...
 
 
 class _TrainingStep(nn.Module):
@@ -76,6 +80,14 @@ class _TrainingStep(nn.Module):
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.method.training_step(batch)
+
+
+@overload
+def _as_tensor(x: None, device: torch.device, dtype: torch.dtype | None = None) -> None: ...
+
+
+@overload
+def _as_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor: ...
 
 
 def _as_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor | None:
@@ -236,7 +248,7 @@ class Trainer:
                 group_size = min(self.accum, steps - group_start)
                 last_of_group = step + 1 == group_start + group_size
                 sync = contextlib.nullcontext() if last_of_group or not hasattr(self.step_module, "no_sync") \
-                    else self.step_module.no_sync()
+                    else cast("DistributedDataParallel", self.step_module).no_sync()
                 with sync:
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                         losses = self.step_module(batch)
@@ -311,6 +323,7 @@ class Trainer:
     def _run_validation(self, epoch: int) -> None:
         """Validate on rank 0 (the others wait), log the metrics, keep ``best.pt``."""
         if dist.is_main():
+            assert self.validate is not None  # called only when a validate function was given
             model = getattr(self.method, "model", self.method)
             model.eval()
             with torch.no_grad():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class FeatureSet:
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
-    def subset(self, rows: np.ndarray) -> "FeatureSet":
+    def subset(self, rows: np.ndarray) -> FeatureSet:
         """The rows ``rows`` (indices or a boolean mask), in that order."""
         return FeatureSet(self.features[rows], self.pids[rows], self.camids[rows], self.modalities[rows],
                           self.paths[rows], self.source)
@@ -251,6 +252,6 @@ def save_features(
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, features=fs.features, pids=fs.pids, camids=fs.camids, modalities=fs.modalities,
-             paths=fs.paths, **extra)
+             paths=fs.paths, **cast(dict[str, Any], extra))
     tmp.replace(path)
     return path

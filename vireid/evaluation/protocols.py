@@ -162,7 +162,8 @@ class ProtocolPlan:
     def for_direction(self, direction: str) -> ProtocolPlan:
         """The plan of one direction (itself when it has only that one)."""
         if direction not in self.directions:
-            raise FeaturesError(f"{self.protocol} plan has direction(s) {', '.join(self.directions)}, not {direction!r}")
+            raise FeaturesError(f"{self.protocol} plan has direction(s) {', '.join(self.directions)}, "
+                                f"not {direction!r}")
         if self.direction != "both":
             return self
         trials = [replace(t, direction=None) for t in self.trials if t.direction == direction]
@@ -331,7 +332,8 @@ def load_rand_perm_cam(path: str | Path) -> list[list[np.ndarray]]:
     except Exception as exc:  # noqa: BLE001  (scipy raises many types for corrupt files)
         raise DataError(f"{path}: cannot read the MATLAB file ({type(exc).__name__}: {exc})") from None
     if "rand_perm_cam" not in mat:
-        raise DataError(f"{path}: no variable 'rand_perm_cam' (found: {', '.join(k for k in mat if not k.startswith('__'))})")
+        raise DataError(f"{path}: no variable 'rand_perm_cam' "
+                        f"(found: {', '.join(k for k in mat if not k.startswith('__'))})")
     cams = np.asarray(mat["rand_perm_cam"], dtype=object).reshape(-1)
     if cams.size != 6:
         raise DataError(f"{path}: 'rand_perm_cam' must have one entry per camera (6), got {cams.size}")
@@ -393,8 +395,9 @@ def sysu_official(pool: PoolLike, rand_perm_cam: list[list[np.ndarray]] | str | 
                 galleries[r].extend(rows[int(i) - 1] for i in sel)
     plan_trials = [Trial(r, query, np.asarray(g, dtype=np.int64)) for r, g in enumerate(galleries)]
     loc = np.vectorize(SYSU_LOCATIONS.get, otypes=[np.int64])(pool.camids) if len(pool.camids) else pool.camids
-    return ProtocolPlan("sysu-official", plan_trials, pool.pids.astype(np.int64), query_remove_keys=loc.astype(np.int64),
-                        gallery_remove_keys=loc.astype(np.int64), cmc="identity", invalid_query_quirk=False,
+    return ProtocolPlan("sysu-official", plan_trials, pool.pids.astype(np.int64),
+                        query_remove_keys=loc.astype(np.int64), gallery_remove_keys=loc.astype(np.int64),
+                        cmc="identity", invalid_query_quirk=False,
                         mode=mode, direction="i2v", shots=shots)
 
 
@@ -406,8 +409,9 @@ def _split_by_modality(pool: PoolLike, direction: str, name: str) -> tuple[np.nd
     gallery = np.nonzero(pool.modalities != qmod)[0].astype(np.int64)
     src = getattr(pool, "source", "<records>")
     if query.size == 0 or gallery.size == 0:
-        raise FeaturesError(f"{src}: {name} needs both visible and infrared images; found {int((pool.modalities == 0).sum())} "
-                            f"visible and {int((pool.modalities == 1).sum())} infrared")
+        raise FeaturesError(f"{src}: {name} needs both visible and infrared images; "
+                            f"found {int((pool.modalities == 0).sum())} visible and "
+                            f"{int((pool.modalities == 1).sum())} infrared")
     return query, gallery
 
 
@@ -415,8 +419,8 @@ def regdb(pool: PoolLike, direction: str = "v2i", trial: int = 0) -> ProtocolPla
     """RegDB, one trial (one features file): visible -> thermal (v2i) or back (i2v); nothing removed."""
     query, gallery = _split_by_modality(pool, direction, "regdb")
     n = len(pool.pids)
-    return ProtocolPlan("regdb", [Trial(trial, query, gallery)], pool.pids.astype(np.int64), np.full(n, -1, np.int64), np.full(n, -2, np.int64),
-                        cmc="standard", direction=direction)
+    return ProtocolPlan("regdb", [Trial(trial, query, gallery)], pool.pids.astype(np.int64),
+                        np.full(n, -1, np.int64), np.full(n, -2, np.int64), cmc="standard", direction=direction)
 
 
 def _same_pid_cam_keys(pool: PoolLike) -> np.ndarray:
@@ -427,7 +431,8 @@ def sysu_mm02(pool: PoolLike, direction: str = "v2i") -> ProtocolPlan:
     """SYSU-MM02, one split: RGB -> NIR (v2i) or back; same pid and same camera removed; identity-level CMC."""
     query, gallery = _split_by_modality(pool, direction, "sysu-mm02")
     keys = _same_pid_cam_keys(pool)
-    return ProtocolPlan("sysu-mm02", [Trial(0, query, gallery)], pool.pids.astype(np.int64), keys, keys, cmc="identity", direction=direction)
+    return ProtocolPlan("sysu-mm02", [Trial(0, query, gallery)], pool.pids.astype(np.int64), keys, keys,
+                        cmc="identity", direction=direction)
 
 
 def llcm(pool: PoolLike, direction: str = "v2i", trials: int = 10, test_ids: Sequence[int] | None = None
@@ -446,7 +451,8 @@ def llcm(pool: PoolLike, direction: str = "v2i", trials: int = 10, test_ids: Seq
     plan_trials = [Trial(t, query, _draw_gallery(groups, pool.paths, 1 - qmod, ids, LLCM_CAMS, t))
                    for t in range(trials)]
     keys = _same_pid_cam_keys(pool)
-    return ProtocolPlan("llcm", plan_trials, pool.pids.astype(np.int64), keys, keys, cmc="identity", direction=direction)
+    return ProtocolPlan("llcm", plan_trials, pool.pids.astype(np.int64), keys, keys, cmc="identity",
+                        direction=direction)
 
 
 def build_protocol(name: str, pool: PoolLike, *, mode: str = "all", shots: int = 1, trials: int | None = None,

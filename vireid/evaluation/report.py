@@ -49,7 +49,8 @@ def summarize_trials(plan: Any, per_trial: Sequence[Any], *, rerank: bool = Fals
         for d in plan.directions:
             keep = [k for k, t in enumerate(plan.trials) if t.direction == d]
             both[d] = summarize_trials(plan.for_direction(d), [per_trial[k] for k in keep], rerank=rerank,
-                                       trial_indices=None if trial_indices is None else [trial_indices[k] for k in keep],
+                                       trial_indices=(None if trial_indices is None
+                                                      else [trial_indices[k] for k in keep]),
                                        rerank_precision=rerank_precision)
         return both
     rows = []
@@ -87,7 +88,8 @@ def format_table(summary: dict[str, Any]) -> str:
     """
     if summary.get("direction") == "both":
         return "\n\n".join(format_table(summary[d]) for d in ("v2i", "i2v"))
-    head = f"{'':<8}{'Rank-1':>8}{'Rank-5':>8}{'Rank-10':>9}{'Rank-20':>9}{'mAP':>8}{'mINP':>8}{'#query':>8}{'gallery':>9}"
+    head = (f"{'':<8}{'Rank-1':>8}{'Rank-5':>8}{'Rank-10':>9}{'Rank-20':>9}{'mAP':>8}{'mINP':>8}"
+            f"{'#query':>8}{'gallery':>9}")
     title_bits = [summary["protocol"]]
     if summary.get("mode"):
         title_bits.append(f"mode={summary['mode']}")

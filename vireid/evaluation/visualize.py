@@ -17,8 +17,8 @@ def ranked_list_figure(
     distances: np.ndarray,
     out: str | Path,
     *,
-    probe_pids: Sequence[int] | None = None,
-    gallery_pids: Sequence[int] | None = None,
+    probe_pids: Sequence[int] | np.ndarray | None = None,
+    gallery_pids: Sequence[int] | np.ndarray | None = None,
     top: int = 8,
     title: str | None = None,
 ) -> Path:

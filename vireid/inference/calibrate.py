@@ -29,9 +29,10 @@ impostors below every genuine distance for the ROC and the EER).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,8 @@ class Calibration:
     def as_dict(self, max_roc_points: int = 512) -> dict[str, Any]:
         """JSON-ready summary; the ROC is thinned to at most ``max_roc_points`` corners (evenly in rank)."""
         n = len(self.roc_far)
-        keep = np.unique(np.round(np.linspace(0, n - 1, min(n, max_roc_points))).astype(np.int64)) if n else []
+        keep: np.ndarray | list[int] = (
+            np.unique(np.round(np.linspace(0, n - 1, min(n, max_roc_points))).astype(np.int64)) if n else [])
         return {
             "features": self.source,
             "pairs": "visible x infrared (cross-modal only); genuine = same pid",

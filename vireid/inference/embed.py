@@ -17,18 +17,24 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
+from vireid.checkpoints import TestSettings, load_any_checkpoint
 from vireid.data.cache import ImageCache
 from vireid.data.images import load_resized
-from vireid.checkpoints import TestSettings, load_any_checkpoint
 from vireid.errors import ConfigError, FeaturesError
 from vireid.inference.extract import extract_features
-from vireid.inference.images import (DEFAULT_IR_THRESHOLD, MODALITY_CODE, ImageList, decide_modalities, ir_scores,
-                                     parse_modality)
+from vireid.inference.images import (
+    DEFAULT_IR_THRESHOLD,
+    MODALITY_CODE,
+    ImageList,
+    decide_modalities,
+    ir_scores,
+    parse_modality,
+)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -107,7 +113,7 @@ class Embedder:
     @classmethod
     def load(cls, checkpoint: str | Path, device: str = "auto", batch_size: int | None = None,
              workers: int = 2, checkpoint_format: str = "vireid", size: tuple[int, int] | None = None,
-             flip: bool | None = None) -> "Embedder":
+             flip: bool | None = None) -> Embedder:
         """Load ``checkpoint`` (one-line :class:`~vireid.errors.CheckpointError` when it is not a vireid checkpoint
         or does not fit the architecture its config describes) onto ``device`` (``auto``: cuda when available).
 
@@ -121,7 +127,7 @@ class Embedder:
     @property
     def feature_dim(self) -> int:
         """D of the features this model produces."""
-        return int(self.model.feature_dim)
+        return int(cast(int, self.model.feature_dim))
 
     @property
     def height(self) -> int:

@@ -33,10 +33,11 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -46,6 +47,9 @@ from torch import nn
 from vireid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vireid.errors import VireidError
 from vireid.outputs import check_writable_dir
+
+if TYPE_CHECKING:  # annotations only
+    from vireid.models import VIReIDModel
 
 __all__ = [
     "ExportError",
@@ -75,8 +79,9 @@ class ExportError(VireidError):
 
 def _eval_feature(model: nn.Module, feature_map: torch.Tensor, feature: str) -> torch.Tensor:
     """Pooling -> neck -> L2 normalisation, as :meth:`VIReIDModel.forward` does in eval mode."""
-    pooled = model.pooling(feature_map)
-    out = model.neck(pooled) if feature == "bn" else pooled
+    m = cast("VIReIDModel", model)
+    pooled = m.pooling(feature_map)
+    out = m.neck(pooled) if feature == "bn" else pooled
     return F.normalize(out.float(), dim=1)
 
 
@@ -93,7 +98,7 @@ class ModalityFeatures(nn.Module):
         self.flip = flip
 
     def _once(self, images: torch.Tensor) -> torch.Tensor:
-        backbone = self.model.backbone
+        backbone = cast("VIReIDModel", self.model).backbone
         front = backbone.stream(self.modality) if backbone.specific_names else nn.Identity()
         return _eval_feature(self.model, backbone.shared(front(images)), self.feature)
 
@@ -118,7 +123,7 @@ class RoutedFeatures(nn.Module):
         self.flip = flip
 
     def _once(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        backbone = self.model.backbone
+        backbone = cast("VIReIDModel", self.model).backbone
         visible = modality.reshape(-1, 1, 1, 1) == 0
         if backbone.specific_names:
             x = torch.where(visible, backbone.visible(images), backbone.infrared(images))
@@ -290,13 +295,13 @@ def export_onnx(
         else:
             path = files[0]
             trace_modality = torch.arange(trace_batch, dtype=torch.long) % 2
-            wrapper = RoutedFeatures(model, feature, flip).eval()
-            _torch_export(wrapper, (trace_images, trace_modality), path, ["images", "modality"], dynamic, opset)
+            routed = RoutedFeatures(model, feature, flip).eval()
+            _torch_export(routed, (trace_images, trace_modality), path, ["images", "modality"], dynamic, opset)
             onnx.checker.check_model(str(path))
-            modality = torch.randint(0, 2, (check_batch,), generator=gen)
+            check_mods = torch.randint(0, 2, (check_batch,), generator=gen)
             session = _session(ort, path)
             worst = 0.0
-            for mods in (modality, 1 - modality):  # every image through both streams, whatever the batch size
+            for mods in (check_mods, 1 - check_mods):  # every image through both streams, whatever the batch size
                 got = session.run(["features"], {"images": images.numpy(), "modality": mods.numpy()})[0]
                 worst = max(worst, _compare(got, _reference(model, images, mods, feature, flip), path, tolerance))
             result.max_abs_diff[path.name] = worst

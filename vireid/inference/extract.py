@@ -7,8 +7,9 @@ re-normalised (CAJ / AML test-time augmentation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch

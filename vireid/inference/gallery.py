@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def load_gallery(source: str | Path, embedder: Embedder, *, modality: str = "rgb
         where = Path(root) if root is not None else _stored_root(Path(source))
         return Gallery(fs.features, fs.paths, fs.pids, fs.camids, fs.modalities, where, str(source))
     images = collect_images(source, root)
-    kw = {} if ir_threshold is None else {"ir_threshold": ir_threshold}
+    kw: dict[str, Any] = {} if ir_threshold is None else {"ir_threshold": ir_threshold}
     emb = embedder.embed(images, modality, progress=progress, **kw)
     return Gallery(emb.features, np.asarray(images.paths, dtype=str), images.pids, images.camids, emb.modalities,
                    images.root, str(source))

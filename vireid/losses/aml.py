@@ -46,7 +46,8 @@ def symmetric_kl(
     """
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
         raise ValueError(
-            f"symmetric_kl: logits must both be [N, C], got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+            f"symmetric_kl: logits must both be [N, C], got {tuple(student_logits.shape)} "
+            f"and {tuple(teacher_logits.shape)}"
         )
     with full_precision(student_logits.device):
         t = as_float(teacher_logits)

@@ -54,7 +54,8 @@ def cross_entropy(
         return -(target * log_p).sum(dim=1).mean()
 
 
-def circle_logits(cosine: torch.Tensor, labels: torch.Tensor, scale: float = 64.0, margin: float = 0.35) -> torch.Tensor:
+def circle_logits(cosine: torch.Tensor, labels: torch.Tensor, scale: float = 64.0,
+                  margin: float = 0.35) -> torch.Tensor:
     """Circle-softmax logits (Sun et al., CVPR 2020, classification form), as fast-reid's ``CircleSoftmax`` builds them.
 
     ``cosine`` [N, C] are the cosines ``s`` between L2-normalised features and L2-normalised class weights (the

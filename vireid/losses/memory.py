@@ -134,7 +134,8 @@ class ClusterMemory(nn.Module):
         return int(self.memory.shape[0])
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_clusters={self.num_clusters}, temperature={self.temperature}, momentum={self.momentum}"
+        return (f"dim={self.dim}, num_clusters={self.num_clusters}, temperature={self.temperature}, "
+                f"momentum={self.momentum}")
 
     @torch.no_grad()
     def reset(self, centroids: torch.Tensor | np.ndarray) -> None:
@@ -166,7 +167,8 @@ class ClusterMemory(nn.Module):
         if features.dim() != 2 or features.shape[1] != self.dim:
             raise ValueError(f"ClusterMemory: features must be [B, {self.dim}], got {tuple(features.shape)}")
         if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
-            raise ValueError(f"ClusterMemory: labels must be [B] with B = {features.shape[0]}, got {tuple(labels.shape)}")
+            raise ValueError(f"ClusterMemory: labels must be [B] with B = {features.shape[0]}, "
+                             f"got {tuple(labels.shape)}")
         labels = labels.to(device=features.device, dtype=torch.long)
         c = self.num_clusters
         if labels.device.type == "cpu":

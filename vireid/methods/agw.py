@@ -9,8 +9,9 @@ on the pooled feature, 1:1; pad-crop + flip. Trained by the supervised one-phase
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import cast
 
 import torch
 
@@ -99,7 +100,7 @@ class AGW(Method):
 
 def build_agw(settings: AGWSettings, ctx: RunContext, num_classes: int) -> AGW:
     a, d = ctx.augment, ctx.data
-    return AGW(ctx.build_model(num_classes), height=d.height, width=d.width, pad=a.pad, flip=a.flip,
+    return AGW(cast(VIReIDModel, ctx.build_model(num_classes)), height=d.height, width=d.width, pad=a.pad, flip=a.flip,
                erasing=a.erasing, erasing_area=a.erasing_area, erasing_ratio=a.erasing_ratio,
                erasing_fill=a.erasing_fill, erasing_aspect=a.erasing_aspect, weights=settings.weights,
                label_smoothing=settings.label_smoothing, triplet_margin=settings.triplet_margin,

@@ -16,27 +16,28 @@ Each output: label-smoothed (fast-reid convention, eps 0.1) cross-entropy on cir
 margin 0.35) + soft-margin batch-hard triplet on the post-BN features: the six ID terms, weight 1 each. Mutual
 terms with the teacher detached, knowledge flowing model1-RGB -> model2-gray -> model1-on-gray only (asymmetric):
 ``kl_weight * [KL_sym(o3 <- o1) + KL_sym(o2 <- o3)]`` on the head's returned logits, the margin-adjusted Circle
-logits with the targets (SPEC 6, corrected; mutual_framework.py:180-181 at wuancong/CMAM@21d258fb) and ``sim_weight * [S(o3 <- o1) + S(o2 <- o3)]`` (similarity structure of the
-post-BN batch features).
+logits with the targets (SPEC 6, corrected; mutual_framework.py:180-181 at wuancong/CMAM@21d258fb) and
+``sim_weight * [S(o3 <- o1) + S(o2 <- o3)]`` (similarity structure of the post-BN batch features).
 
 Stage 2 starts from the backbones (GeM/BNNeck re-initialised).
 
 **Stage 2** (:class:`AMLStage2`, unlabeled target, pseudo labels from re-clustering). Batch images of both
 modalities with pseudo labels; ``f1 = model1(x)``, ``f2 = model2(gray(x))`` (post-BN features). Two cluster
 memories (one per model, tau 0.05, momentum 0.2): ``CE_mem1 + CE_mem2 + kl_weight * [KL(p1||p2) + KL(p2||p1)]``
-(no 1/2, nothing detached, weight 0.01; :func:`vireid.losses.aml.two_way_kl`) ``+ dist_weight * sum (D1 - D2)^2`` (weight 0.05, nothing detached). The pseudo
-labels of the current clustering live in the state dict (``pseudo_labels``, ``labels_epoch``), so a resumed run
-continues with exactly the labels it was trained with.
+(no 1/2, nothing detached, weight 0.01; :func:`vireid.losses.aml.two_way_kl`) ``+ dist_weight * sum (D1 - D2)^2``
+(weight 0.05, nothing detached). The pseudo labels of the current clustering live in the state dict
+(``pseudo_labels``, ``labels_epoch``), so a resumed run continues with exactly the labels it was trained with.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -60,6 +61,9 @@ from vireid.losses.memory import ClusterMemory
 from vireid.methods.base import Batch, Method, Phase, PhasePlan, PhaseRun, RunContext, cams_or_unknown
 from vireid.methods.registry import MethodSettings, MethodSpec, register_method
 from vireid.settings import DataConfig, check
+
+if TYPE_CHECKING:  # annotations only
+    from vireid.models import VIReIDModel
 
 
 def _modality(value: int, n: int, device: torch.device) -> torch.Tensor:
@@ -135,8 +139,9 @@ class AMLStage1(_AMLMethod):
         if self.kl_weight > 0:  # KL_sym(o3 <- o1) + KL_sym(o2 <- o3), teachers detached
             terms["kl"] = self.kl_weight * (symmetric_kl(p3, p1) + symmetric_kl(p2, p3))
         if self.sim_weight > 0:
-            terms["sim"] = self.sim_weight * (similarity_structure(out3.bn, out1.bn) + similarity_structure(bn2, out3.bn))
-        terms["loss"] = sum(terms.values())
+            terms["sim"] = self.sim_weight * (similarity_structure(out3.bn, out1.bn)
+                                              + similarity_structure(bn2, out3.bn))
+        terms["loss"] = cast(torch.Tensor, sum(terms.values()))
         return terms
 
 
@@ -147,7 +152,10 @@ class AMLStage2(_AMLMethod):
     (and :meth:`set_pseudo_labels`) after every re-clustering.
     """
 
-    def __init__(self, model1: nn.Module, model2: nn.Module, memory1: nn.Module, memory2: nn.Module, *,
+    pseudo_labels: torch.Tensor  # buffers (register_buffer in __init__)
+    labels_epoch: torch.Tensor
+
+    def __init__(self, model1: nn.Module, model2: nn.Module, memory1: ClusterMemory, memory2: ClusterMemory, *,
                  num_samples: int, height: int, width: int, kl_weight: float = 0.01, dist_weight: float = 0.05,
                  pad: int = 10, flip: float = 0.5, erasing: float = 0.5,
                  erasing_area: tuple[float, float] = (0.02, 0.4), erasing_ratio: float = 0.3,
@@ -319,10 +327,10 @@ def _schedule(phase: AMLPhase) -> WarmupHoldCosine:
                             total=phase.iterations, final_lr=phase.final_lr)
 
 
-def _models(ctx: RunContext, num_classes: int) -> tuple[nn.Module, nn.Module]:
+def _models(ctx: RunContext, num_classes: int) -> tuple[VIReIDModel, VIReIDModel]:
     """model1 and model2, each from ``ctx.seed`` (the same random draw as the untrained model that is tested)."""
     torch.manual_seed(ctx.seed)
-    return ctx.build_model(num_classes), ctx.build_model(num_classes)
+    return cast("VIReIDModel", ctx.build_model(num_classes)), cast("VIReIDModel", ctx.build_model(num_classes))
 
 
 def _init_from(phase: AMLPhase, method: Method, state: dict[str, torch.Tensor], source: Phase) -> None:
@@ -355,7 +363,7 @@ def _stage1(s: AMLSettings, phase: AMLPhase, ctx: RunContext) -> PhaseRun:
     num_classes = int(labels.max()) + 1
     camids = np.array([x.camid for x in samples], dtype=np.int64)
     originals = ctx.open_cache(src.root, samples)
-    twins = ctx.open_cache(src.root, [replace(x, path=x.twin) for x in samples])
+    twins = ctx.open_cache(src.root, [replace(x, path=cast(str, x.twin)) for x in samples])  # all have a twin
     m1, m2 = _models(ctx, num_classes)
     aug, d = ctx.augment, ctx.data
     transform = aml_stage1_transform(d.height, d.width, pad=aug.pad, flip=aug.flip, brightness=s.color_jitter[0],
@@ -475,7 +483,7 @@ class Reclusterer:
         if int(method.labels_epoch) == epoch:  # resumed mid-epoch: the labels this epoch was trained with
             labels = method.pseudo_labels.cpu().numpy()
         else:
-            payload = [None]
+            payload: list[Any] = [None]
             if dist.is_main():
                 payload = [self._cluster(epoch)]
             if dist.world_size() > 1:
@@ -501,7 +509,8 @@ class Reclusterer:
         labels = np.full(len(self.modalities), -1, dtype=np.int64)
         labels[rgb], labels[ir] = assoc.labels_rgb, assoc.labels_ir
         truth = self.truth
-        diag = clustering_diagnostics(assoc, None if truth is None else truth[rgb], None if truth is None else truth[ir])
+        diag = clustering_diagnostics(assoc, None if truth is None else truth[rgb],
+                                      None if truth is None else truth[ir])
         # memory initialisation: each model's half, centroids over both modalities (labels are 0..C-1, all used)
         (_, c1), (_, c2) = cluster_centroids(f1, labels), cluster_centroids(f2, labels)
         return labels, torch.from_numpy(c1), torch.from_numpy(c2), {k: float(v) for k, v in diag.items()}

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class Batch:
 
     @classmethod
     def of_parts(cls, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], modalities: Sequence[int],
-                 cams: Sequence[torch.Tensor | None]) -> "Batch":
+                 cams: Sequence[torch.Tensor | None]) -> Batch:
         """The one way to assemble a batch: parts (views) in order, each with its labels, modality tag (0/1) and
         cameras (None = unknown, -1); e.g. AGW ``[rgb, ir]``, CAJ ``[rgb, exchanged, ir]``."""
         device = images[0].device
@@ -54,6 +55,12 @@ class Batch:
                                   for m, n in zip(modalities, sizes)]),
             camids=torch.cat([cams_or_unknown(c, n, device) for c, n in zip(cams, sizes)]),
         )
+
+
+class _HeadSplitModel(Protocol):
+    """A model whose head parameters are set apart (e.g. :class:`vireid.models.VIReIDModel`)."""
+
+    def head_parameters(self) -> Iterator[nn.Parameter]: ...
 
 
 class Method(nn.Module, metaclass=abc.ABCMeta):
@@ -78,11 +85,12 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Forward + losses. Returns the weighted terms by name; key ``"loss"`` is their sum (what is back-propagated)."""
+        """Forward + losses. Returns the weighted terms by name; key ``"loss"`` is their sum (what is
+        back-propagated)."""
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """Optimiser parameter groups. Default (AGW family): head at ``lr``, backbone at ``backbone_lr_mult * lr``."""
-        head = list(self.model.head_parameters())
+        head = list(cast(_HeadSplitModel, self.model).head_parameters())
         head_ids = {id(p) for p in head}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
         head = [p for p in head if p.requires_grad]
@@ -142,9 +150,9 @@ class Phase:
     which the model after this phase is tested on the target protocol (e.g. AML's ``"stage1"``)."""
 
     name: str
-    setup: Callable[["RunContext"], PhaseRun]
+    setup: Callable[[RunContext], PhaseRun]
     init: str = ""
-    init_from: Callable[[Method, dict[str, torch.Tensor], "Phase"], None] | None = None
+    init_from: Callable[[Method, dict[str, torch.Tensor], Phase], None] | None = None
     total_steps: int | None = None
     """Optimiser steps that finish the phase (iteration-based phases): a resumed run skips a finished phase."""
     test_after: str | None = None
@@ -164,12 +172,12 @@ class PhasePlan:
 class RunContext(Protocol):
     """What a phase may use (given by :mod:`vireid.training`): the shared settings sections and services."""
 
-    data: "DataConfig"
-    sampler: "SamplerConfig"
-    augment: "AugmentConfig"
-    model: "ModelConfig"
-    train: "TrainConfig"
-    eval: "EvalConfig"
+    data: DataConfig
+    sampler: SamplerConfig
+    augment: AugmentConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
     seed: int
     device: torch.device
     rank: int
@@ -177,21 +185,21 @@ class RunContext(Protocol):
     main: bool
     progress: bool
     output_dir: Path
-    dataset: "CrossModalDataset"
-    train_samples: list["Sample"]
+    dataset: CrossModalDataset
+    train_samples: list[Sample]
     """The training pool of ``train.validation`` (labels relabelled 0..C-1; -1 on unlabeled datasets)."""
-    val_samples: list["Sample"]
+    val_samples: list[Sample]
     """Held-out validation identities (label -1), or [] (``train.validation: none``, unlabeled data)."""
 
     def build_model(self, num_classes: int) -> nn.Module: ...
 
-    def load_dataset(self, data: "DataConfig") -> "CrossModalDataset": ...
+    def load_dataset(self, data: DataConfig) -> CrossModalDataset: ...
 
-    def open_cache(self, root: Path, samples: Sequence["Sample"]) -> "ImageCache": ...
+    def open_cache(self, root: Path, samples: Sequence[Sample]) -> ImageCache: ...
 
-    def validator(self, samples: Sequence["Sample"]) -> Callable[[nn.Module], dict[str, float]] | None: ...
+    def validator(self, samples: Sequence[Sample]) -> Callable[[nn.Module], dict[str, float]] | None: ...
 
-    def extract(self, model: nn.Module, cache: "ImageCache", modalities: np.ndarray, *, flip: bool,
+    def extract(self, model: nn.Module, cache: ImageCache, modalities: np.ndarray, *, flip: bool,
                 feature: str) -> np.ndarray: ...
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -85,7 +86,7 @@ class CAJ(AGW):
 
 def build_caj(settings: CAJSettings, ctx: RunContext, num_classes: int) -> CAJ:
     a, d = ctx.augment, ctx.data
-    return CAJ(ctx.build_model(num_classes), height=d.height, width=d.width, pad=a.pad, flip=a.flip,
+    return CAJ(cast(VIReIDModel, ctx.build_model(num_classes)), height=d.height, width=d.width, pad=a.pad, flip=a.flip,
                erasing=a.erasing, erasing_area=a.erasing_area, erasing_ratio=a.erasing_ratio,
                adaptive_gray=a.adaptive_gray, weights=settings.weights, label_smoothing=settings.label_smoothing,
                triplet_margin=settings.triplet_margin, backbone_lr_mult=ctx.train.backbone_lr_mult,

@@ -68,7 +68,8 @@ class DEENSettings(MethodSettings):
         check(0.0 <= self.dee_dropout < 1.0, f"{key}.dee_dropout", self.dee_dropout, "a value in [0, 1)")
         check(0.0 <= self.grayscale <= 1.0, f"{key}.grayscale", self.grayscale, "a probability in [0, 1]")
         check(self.eval_branches in ("all", "original"), f"{key}.eval_branches", self.eval_branches, "all or original")
-        check(0.0 <= self.eval_pool_weight <= 1.0, f"{key}.eval_pool_weight", self.eval_pool_weight, "a value in [0, 1]")
+        check(0.0 <= self.eval_pool_weight <= 1.0, f"{key}.eval_pool_weight", self.eval_pool_weight,
+              "a value in [0, 1]")
         check(self.triplet_margin >= 0 and self.cpm_margin >= 0, f"{key}.triplet_margin/cpm_margin",
               (self.triplet_margin, self.cpm_margin), "margins >= 0")
 
@@ -113,6 +114,7 @@ class DEEN(Method):
     """DEEN. Loss terms: ``ce`` (1), ``triplet`` (1), ``cpm`` (0.8), ``ort`` (0.01)."""
 
     DEFAULT_WEIGHTS = {"ce": 1.0, "triplet": 1.0, "cpm": 0.8, "ort": 0.01}
+    model: DEENModel
 
     def __init__(self, model: DEENModel, *, height: int, width: int, pad: int = 10, flip: float = 0.5,
                  grayscale: float = 0.5, erasing: float = 0.5, erasing_area: tuple[float, float] = (0.2, 0.8),

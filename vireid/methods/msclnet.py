@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,9 @@ from vireid.models.msclnet_modules import (
     subclass_labels,
 )
 from vireid.settings import check
+
+if TYPE_CHECKING:  # annotations only
+    from vireid.models import VIReIDModel
 
 __all__ = ["MSCLNetMethod", "MSCLNetSettings", "DEFAULT_WEIGHTS", "TERMS"]
 
@@ -285,6 +288,7 @@ class MSCLNetMethod(Method):
                 s_com = self.synergy(pv.detach(), pr.detach())
                 tv, tr = pv.detach(), parts_r.detach()
             else:
+                assert parts_s is not None  # need_com and complement_grad "all": computed above
                 s_com, tv, tr = parts_s, pv, parts_r
             if w["local"] > 0:
                 terms["local"] = local_complement(tv, s_com, variant=self.local_variant)
@@ -294,6 +298,7 @@ class MSCLNetMethod(Method):
 
         if need_cas:
             if self.cascade_on == "synergy":
+                assert parts_s is not None  # synergy_needs_grad_path: computed above
                 feats, ids = self._norm(parts_s.flatten(1)), y_pair
                 cam_v, cam_r = cams[vis][iv], cams[ir][jr]
                 known = bool((cam_v >= 0).all() and (cam_r >= 0).all())
@@ -309,8 +314,10 @@ class MSCLNetMethod(Method):
                 raise DataError("MSCLNet's sub-class terms (sub, intra) need camera ids, but some are -1 (unknown); "
                                 "pass rgb_cams/ir_cams to make_batch, or set method.weights sub=0 and intra=0")
             if w["sub"] > 0:
+                assert sub_key is not None  # refused above
                 terms["sub"] = subclass_center(feats, ids, sub_key)
             if w["intra"] > 0:
+                assert sub_key is not None  # refused above
                 terms["intra"] = intra_center(feats, ids, sub_key)
             if w["inter"] > 0:
                 # Identity centres = mean of sub-class centres when cameras are known (the cascade), else of samples.
@@ -333,7 +340,7 @@ class MSCLNetMethod(Method):
         """Three groups: model head (BNNeck + classifier) at ``lr``; the rest of the model at
         ``backbone_lr_mult * lr`` (0.1 = AGW's split, 1.0 = the paper's single lr); training-only modules at
         ``synergy_lr_mult * lr``."""
-        head = [p for p in self.model.head_parameters() if p.requires_grad]
+        head = [p for p in cast("VIReIDModel", self.model).head_parameters() if p.requires_grad]
         head_ids = {id(p) for p in head}
         backbone = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head_ids]
         extra = [p for p in self.training_only_parameters() if p.requires_grad]

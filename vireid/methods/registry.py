@@ -16,8 +16,9 @@ Registering a name twice is an error; an unknown name lists the known ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from vireid.errors import ConfigError
 
@@ -73,11 +74,11 @@ class MethodSpec:
 
     name: str
     settings: type[MethodSettings]
-    plan: Callable[[Any, "RunContext"], "PhasePlan"]
+    plan: Callable[[Any, RunContext], PhasePlan]
     summary: str = ""
     augment_keys: frozenset[str] = frozenset({"pad", "flip"})
     uses_sampler: bool = True
-    eval_model: Callable[[Any, "ModelConfig", int], "nn.Module"] | None = None
+    eval_model: Callable[[Any, ModelConfig, int], nn.Module] | None = None
     checkpoint_dirs: Callable[[Any], list[str]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

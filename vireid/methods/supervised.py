@@ -8,7 +8,8 @@ the optimiser and per-epoch schedule of the ``train:`` section, and validation o
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -96,9 +96,9 @@ def _numpy_safe_globals() -> list[Any]:
     import numpy as np
 
     try:
-        multiarray = np._core.multiarray  # NumPy >= 2
+        multiarray = np._core.multiarray  # type: ignore[attr-defined]  # NumPy >= 2 (not in numpy's stubs)
     except AttributeError:  # pragma: no cover - NumPy 1.x
-        multiarray = np.core.multiarray
+        multiarray = np.core.multiarray  # type: ignore[attr-defined]  # not in numpy 2's stubs
     allowed: list[Any] = [np.ndarray, np.dtype]
     for name in ("_reconstruct", "scalar"):
         fn = getattr(multiarray, name)

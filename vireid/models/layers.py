@@ -12,7 +12,7 @@ exactly where half precision loses accuracy.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,7 @@ class GeM(nn.Module):
         if not p > 0:
             raise ValueError(f"GeM: p must be positive, got {p}")
         self.learnable = learnable
+        self.p: nn.Parameter | float
         if learnable:
             self.p = nn.Parameter(torch.full((1,), float(p)))
         else:
@@ -67,13 +68,13 @@ class GeM(nn.Module):
         x, no_autocast = float32_region(x)
         with no_autocast:
             if self.learnable:
-                p = self.p.float()
+                p: torch.Tensor | float = cast(nn.Parameter, self.p).float()
                 return x.clamp(min=self.CLAMP_EPS).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
-            p = self.p
+            p = cast(float, self.p)
             return (x.pow(p).mean(dim=(2, 3)) + self.FIXED_EPS).pow(1.0 / p)
 
     def extra_repr(self) -> str:
-        p = float(self.p.detach()[0]) if self.learnable else self.p
+        p = float(cast(nn.Parameter, self.p).detach()[0]) if self.learnable else self.p
         return f"p={p:.4g}, learnable={self.learnable}"
 
 

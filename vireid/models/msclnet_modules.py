@@ -145,7 +145,8 @@ class _Gate(nn.Module):
         else:
             if rank < 1:
                 raise ValueError(f"mogrifier rank must be >= 1 or None, got {rank}")
-            self.proj = nn.Sequential(nn.Linear(in_features, rank, bias=False), nn.Linear(rank, out_features, bias=False))
+            self.proj = nn.Sequential(nn.Linear(in_features, rank, bias=False),
+                                      nn.Linear(rank, out_features, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)

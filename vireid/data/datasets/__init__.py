@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from vireid.data.datasets import llcm, market1501, regdb, sysu_mm01, sysu_mm02
-from vireid.data.datasets import common
+from vireid.data.datasets import common, llcm, market1501, regdb, sysu_mm01, sysu_mm02
 from vireid.data.datasets.common import DatasetOptions, LayoutError, ProblemLog
 from vireid.data.records import CrossModalDataset, Problem
 from vireid.errors import DataError

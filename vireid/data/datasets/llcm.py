@@ -10,8 +10,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vireid.data.datasets.common import DatasetOptions, ProblemLog, list_dirs, list_images, read_id_file, \
-    read_list_file, stray_files, wrong_layout
+from vireid.data.datasets.common import (
+    DatasetOptions,
+    ProblemLog,
+    list_dirs,
+    list_images,
+    read_id_file,
+    read_list_file,
+    stray_files,
+    wrong_layout,
+)
 from vireid.data.records import INFRARED, VISIBLE, CrossModalDataset, Sample
 
 NAME = "llcm"

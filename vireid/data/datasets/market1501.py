@@ -24,10 +24,10 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from vireid.data.datasets.common import DatasetOptions, ProblemLog, list_images, stray_files, wrong_layout
-from vireid.data.records import VISIBLE, CrossModalDataset, Sample
+from vireid.data.records import VISIBLE, CrossModalDataset, Sample, Severity
 from vireid.errors import DataError
 
 NAME = "market1501"
@@ -181,7 +181,7 @@ def _dropped_key(key: str) -> str:
     return key if "(" in key else f"junk images (pid -1) in {key}/"
 
 
-def _check_twins(root: Path, originals: str, twins: str, log: ProblemLog, *, severity: str) -> set[str]:
+def _check_twins(root: Path, originals: str, twins: str, log: ProblemLog, *, severity: Severity) -> set[str]:
     """Sorted file names of ``originals`` and ``twins`` must be identical; report the first mismatch by name.
 
     Returns the file names present in ``twins``.
@@ -190,7 +190,7 @@ def _check_twins(root: Path, originals: str, twins: str, log: ProblemLog, *, sev
         return set()
     if not (root / twins).is_dir():
         log.add(severity, f"fake-IR twin folder missing; it should hold one twin per image of {originals}/ "
-                          f"(same file names)", f"{twins}/")  # type: ignore[arg-type]
+                          f"(same file names)", f"{twins}/")
         return set()
     a, b = list_images(root / originals), list_images(root / twins, log, f"{twins}/")
     if a == b:
@@ -295,7 +295,7 @@ def _safe_torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as first:
         if zipfile.is_zipfile(path):
             try:
-                with torch.serialization.safe_globals(_numpy_int_globals()):
+                with torch.serialization.safe_globals(cast(list[Any], _numpy_int_globals())):
                     return torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError:
                 raise pickle.UnpicklingError(_torch_reason(first)) from None

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vireid.data.datasets.common import DatasetOptions, ProblemLog, list_dirs, list_images, read_id_file, \
-    stray_files, wrong_layout
+from vireid.data.datasets.common import (
+    DatasetOptions,
+    ProblemLog,
+    list_dirs,
+    list_images,
+    read_id_file,
+    stray_files,
+    wrong_layout,
+)
 from vireid.data.records import INFRARED, VISIBLE, CrossModalDataset, Sample
 
 NAME = "sysu_mm01"

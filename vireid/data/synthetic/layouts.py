@@ -11,9 +11,10 @@ and are small at ``scale="mini"`` so that a layout is written in seconds.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -206,7 +207,8 @@ def plan_regdb(rng: np.random.Generator, n: int, scale: Scale, gender_of: Callab
         trials.append({"train_ids": train, "test_ids": test})
         for split, sel in (("train", train), ("test", test)):
             for mod_i, mod in enumerate(("visible", "thermal")):
-                lines = [f"{p} {label}\n" for label, pid in enumerate(sel) for p in sorted(x[mod_i] for x in names[pid])]
+                lines = [f"{p} {label}\n" for label, pid in enumerate(sel)
+                         for p in sorted(x[mod_i] for x in names[pid])]
                 text[f"idx/{split}_{mod}_{t}.txt"] = "".join(lines)
     return Plan(
         dataset="regdb", jobs=jobs, sensors={1: (0, "rgb"), 2: (1, "thermal")}, scenes={1: True},

@@ -14,7 +14,7 @@ import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class SynthManifest:
         }
 
     @classmethod
-    def load(cls, root: str | Path) -> "SynthManifest":
+    def load(cls, root: str | Path) -> SynthManifest:
         """Read ``ROOT/synth_manifest.json``; DataError if absent or not written by this generator."""
         root = Path(root)
         path = root / MANIFEST
@@ -91,7 +91,8 @@ class SynthManifest:
         except FileNotFoundError:
             raise DataError(f"{path}: no synthetic-dataset manifest; write one with `vireid synth`") from None
         except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: unreadable manifest ({exc}); regenerate with `vireid synth --overwrite`") from None
+            raise DataError(f"{path}: unreadable manifest ({exc}); "
+                            "regenerate with `vireid synth --overwrite`") from None
         if not isinstance(d, dict) or d.get("generator") != GENERATOR:
             raise DataError(f"{path}: not a vireid synthetic-dataset manifest (missing generator={GENERATOR!r})")
         return cls(
@@ -160,7 +161,7 @@ class _Renderer:
                                                vary_size=self.vary_size)
         return self._sensor[code]
 
-    def render(self, job) -> list[tuple[str, Any]]:
+    def render(self, job) -> list[tuple[str, Any, int]]:
         """Render one job to PIL images (relpath, image) without writing them."""
         from vireid.data.synthetic.render import rasterize, sample_view, to_ir, to_rgb
 
@@ -216,20 +217,21 @@ def make_plan(dataset: str, ids: int | None = None, seed: int = 0, scale: str = 
     if n < L.MIN_IDS[name]:
         raise VireidError(f"--ids {n} is too small for {name}; use at least {L.MIN_IDS[name]}")
     rng = _rng(seed, name, _K_LAYOUT)
+    size = cast(L.Scale, scale)  # checked above
     if name == "sysu_mm01":
-        plan = L.plan_sysu_mm01(rng, n, scale, _rng(seed, name, _K_PERM))
+        plan = L.plan_sysu_mm01(rng, n, size, _rng(seed, name, _K_PERM))
     elif name == "regdb":
         def gender(pid: int) -> str:
             from vireid.data.synthetic.render import sample_identity
 
             return sample_identity(_rng(seed, name, _K_IDENT, pid)).gender
-        plan = L.plan_regdb(rng, n, scale, gender)
+        plan = L.plan_regdb(rng, n, size, gender)
     elif name == "sysu_mm02":
-        plan = L.plan_sysu_mm02(rng, n, scale)
+        plan = L.plan_sysu_mm02(rng, n, size)
     elif name == "llcm":
-        plan = L.plan_llcm(rng, n, scale)
+        plan = L.plan_llcm(rng, n, size)
     else:
-        plan = L.plan_market(rng, n, scale, gen=name == "market1501_gen")
+        plan = L.plan_market(rng, n, size, gen=name == "market1501_gen")
     return name, n, plan
 
 
