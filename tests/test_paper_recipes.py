@@ -70,3 +70,17 @@ def test_caj_trains_with_esd_by_default_and_wrt_on_request() -> None:
     assert CAJ(model, height=64, width=32).metric_loss == "esd"
     with pytest.raises(ValueError, match="metric_loss"):
         CAJ(model, height=64, width=32, metric_loss="adp")
+
+
+def test_eval_cmc_reaches_the_test_protocol(tmp_path):
+    """`eval.cmc` (AML's identity-level CMC on RegDB / SYSU-MM02) is what the test plan of a run uses."""
+    from vireid import build
+    from vireid.config import load_config
+    from vireid.data.synthetic import write_synthetic
+    from vireid.testing import test_plan
+
+    root = tmp_path / "RegDB"
+    write_synthetic("regdb", root, ids=12, seed=0)
+    for cmc, expected in (("auto", "standard"), ("identity", "identity")):
+        cfg = load_config(ROOT / "configs/aml/regdb.yaml", [f"data.root={root}", f"eval.cmc={cmc}"])
+        assert test_plan(cfg, build.dataset_from_config(cfg.data)).cmc == expected

@@ -204,6 +204,9 @@ class EvalConfig:
     mode: Literal["all", "indoor"] = "all"
     trials: int = 10
     direction: Literal["v2i", "i2v"] = "v2i"
+    cmc: Literal["auto", "standard", "identity"] = "auto"
+    """auto: the protocol's published CMC; identity: AML's identity-level CMC (wuancong/CMAM get_unique) for RegDB /
+    SYSU-MM02. Both directions of a features file in one run: ``vireid evaluate ... --direction both``."""
     flip: bool = False
     """Average the L2-normalised features of the image and its mirror, then re-normalise (CAJ, AML)."""
     feature: Literal["bn", "pooled"] = "bn"

@@ -35,7 +35,7 @@ def test_plan(cfg: Config, ds: CrossModalDataset) -> ProtocolPlan:
     name = build.protocol_name(cfg.data, cfg.eval)
     trials = cfg.eval.trials if name in ("sysu", "sysu-official", "llcm") else None
     return build_protocol(name, pool, mode=cfg.eval.mode, trials=trials, direction=cfg.eval.direction,
-                          dataset_root=ds.root, test_ids=ds.info.get("test_ids"))
+                          dataset_root=ds.root, test_ids=ds.info.get("test_ids"), cmc=cfg.eval.cmc)
 
 
 def evaluate_on_test_set(model: torch.nn.Module, cfg: Config, ds: CrossModalDataset, device: torch.device,
