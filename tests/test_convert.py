@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from vireid.errors import CheckpointError, ConfigError
 from vireid.models import build_model
@@ -367,3 +368,31 @@ def test_bad_files_are_one_line_errors(tmp_path: Path) -> None:
     assert "unknown model argument(s) widht" in one_line(exc)
     with pytest.raises(ConfigError):
         load_foreign_checkpoint(text_file, "caj")  # type: ignore[arg-type]
+
+
+def test_the_architecture_hint_names_a_cli_option_that_exists(tmp_path: Path, capsys) -> None:
+    from vireid.cli import main
+
+    theirs = their_agw_state(randomise(agw_model(), seed=6))
+    odd = {k: (v[:, :3] if k == "base_resnet.base.layer1.0.conv1.weight" else v) for k, v in theirs.items()}
+    torch.save({"net": odd}, tmp_path / "odd.t")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 64), (120, 30, 200)).save(images / "a.jpg")
+    base = ["extract", str(tmp_path / "odd.t"), "--checkpoint-format", "agw", "--images", str(images),
+            "--modality", "rgb", "--out", str(tmp_path / "f.npz"), "--device", "cpu"]
+    assert main(base) == 2
+    line = capsys.readouterr().err.strip()
+    assert "match none of the registered backbones" in line and "--arch NAME" in line
+    # the option exists and reaches the loader: forcing resnet18 on these tensors lists the mismatches
+    assert main([*base, "--arch", "resnet18"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "shape mismatches" in line and "resnet18" in line and "--arch NAME" in line
+    assert main(["export", str(tmp_path / "odd.t"), "--checkpoint-format", "agw", "--arch", "resnet18",
+                 "--out", str(tmp_path / "onnx")]) == 2
+    assert "does not fit a agw resnet18 model" in capsys.readouterr().err
+    # a vireid checkpoint names its own architecture
+    with pytest.raises(Exception, match="--arch applies to"):
+        from vireid.checkpoints import load_any_checkpoint
+
+        load_any_checkpoint(tmp_path / "odd.t", "vireid", arch="resnet18")

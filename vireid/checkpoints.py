@@ -75,18 +75,24 @@ def load_trained_model(path: str | Path, *, expect_trial: int | None = None, str
 
 
 def load_any_checkpoint(path: str | Path, checkpoint_format: str = "vireid", *, size: tuple[int, int] | None = None,
-                        flip: bool | None = None, device: str = "cpu") -> tuple[torch.nn.Module, TestSettings]:
+                        flip: bool | None = None, device: str = "cpu",
+                        arch: str | None = None) -> tuple[torch.nn.Module, TestSettings]:
     """A model and its test-time settings from a vireid checkpoint or, with ``checkpoint_format`` ``"agw"``
     (AGW/CAJ ``{'net': ...}``) or ``"fastreid"`` (AML model1), an original-repository checkpoint mapped by
     :func:`vireid.models.convert.load_foreign_checkpoint` (its settings: :data:`FOREIGN_DEFAULTS`, BNNeck feature).
-    ``size`` (H, W) and ``flip`` override the settings."""
+    ``size`` (H, W) and ``flip`` override the settings; ``arch`` names the backbone of a foreign checkpoint instead
+    of inferring it from the tensors (a vireid checkpoint's config names its own)."""
     if checkpoint_format == "vireid":
+        if arch is not None:
+            raise ConfigError("--arch applies to --checkpoint-format agw|fastreid; a vireid checkpoint's config "
+                              "names its architecture")
         model, cfg, _ = load_trained_model(path, device=device)
         settings = TestSettings.of(cfg)
     elif checkpoint_format in FOREIGN_DEFAULTS:
         from vireid.models.convert import load_foreign_checkpoint
 
-        model = load_foreign_checkpoint(path, checkpoint_format).to(device).eval()  # type: ignore[arg-type]
+        given = {} if arch is None else {"arch": arch}
+        model = load_foreign_checkpoint(path, checkpoint_format, **given).to(device).eval()  # type: ignore[arg-type]
         settings = FOREIGN_DEFAULTS[checkpoint_format]
     else:
         raise ConfigError(f"checkpoint format {checkpoint_format!r} is not known; expected vireid, agw or fastreid")

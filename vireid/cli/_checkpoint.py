@@ -10,16 +10,23 @@ def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-format", choices=("vireid", "agw", "fastreid"), default="vireid",
                         help="vireid (default), agw (AGW/CAJ {'net': ...}) or fastreid (AML model1); "
                              "see docs/checkpoints.md")
+    add_arch_option(parser)
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="input size (default: the checkpoint's config; agw 288 144, fastreid 384 128)")
     parser.add_argument("--flip", choices=("on", "off"), default=None,
                         help="flip-averaged features (default: the checkpoint's config; agw off, fastreid on)")
 
 
+def add_arch_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default=None, metavar="NAME",
+                        help="backbone of an agw/fastreid checkpoint (resnet50, resnet18, ...; default: inferred "
+                             "from its tensors)")
+
+
 def checkpoint_options(args: argparse.Namespace) -> dict[str, Any]:
     """The :meth:`vireid.inference.embed.Embedder.load` keyword arguments of those options."""
     return {"checkpoint_format": args.checkpoint_format, "size": tuple(args.size) if args.size else None,
-            "flip": None if args.flip is None else args.flip == "on"}
+            "flip": None if args.flip is None else args.flip == "on", "arch": args.arch}
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from vireid.cli._checkpoint import add_arch_option
+
 NAME = "export"
 HELP = "Export a checkpoint's feature extractor to ONNX (verified with onnxruntime)."
 
@@ -47,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="vireid (default), agw = AGW/CAJ {'net': ...} file, fastreid = AML/fast-reid file")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="input size (default: the checkpoint's config; agw 288 144, fastreid 384 128)")
+    add_arch_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = export_checkpoint(args.checkpoint, args.out, graph=args.graph, opset=args.opset, batch=args.batch,
                                feature=args.feature, flip=args.flip, checkpoint_format=args.checkpoint_format,
-                               size=tuple(args.size) if args.size else None)
+                               size=tuple(args.size) if args.size else None, arch=args.arch)
     for path in result.files:
         diff = result.max_abs_diff.get(path.rsplit("/", 1)[-1], float("nan"))
         print(f"wrote {path}  (onnxruntime vs PyTorch on random images: max abs difference {diff:.2e})")

@@ -113,14 +113,16 @@ class Embedder:
     @classmethod
     def load(cls, checkpoint: str | Path, device: str = "auto", batch_size: int | None = None,
              workers: int = 2, checkpoint_format: str = "vireid", size: tuple[int, int] | None = None,
-             flip: bool | None = None) -> Embedder:
+             flip: bool | None = None, arch: str | None = None) -> Embedder:
         """Load ``checkpoint`` (one-line :class:`~vireid.errors.CheckpointError` when it is not a vireid checkpoint
         or does not fit the architecture its config describes) onto ``device`` (``auto``: cuda when available).
 
         ``checkpoint_format="agw"|"fastreid"`` loads an original-repository checkpoint instead
-        (:func:`vireid.checkpoints.load_any_checkpoint`); ``size`` and ``flip`` override the test-time settings."""
+        (:func:`vireid.checkpoints.load_any_checkpoint`); ``size`` and ``flip`` override the test-time settings;
+        ``arch`` names a foreign checkpoint's backbone instead of inferring it."""
         dev = resolve_device(device)
-        model, settings = load_any_checkpoint(checkpoint, checkpoint_format, size=size, flip=flip, device=str(dev))
+        model, settings = load_any_checkpoint(checkpoint, checkpoint_format, size=size, flip=flip, device=str(dev),
+                                              arch=arch)
         return cls(model, settings, Path(checkpoint), dev, batch_size, workers)
 
     # ----------------------------------------------------------------------------------------------------------------

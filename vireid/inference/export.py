@@ -365,6 +365,7 @@ def export_checkpoint(
     flip: bool = False,
     checkpoint_format: str = "vireid",
     size: tuple[int, int] | None = None,
+    arch: str | None = None,
 ) -> ExportResult:
     """Export a checkpoint file: a vireid checkpoint (image size and feature from its config) or, with
     ``checkpoint_format="agw"|"fastreid"``, an original-repository checkpoint (``size`` = (H, W); default
@@ -382,7 +383,7 @@ def export_checkpoint(
         check_writable_dir(output_files(out, graph)[0].parent, "--out folder")  # before loading the model
     from vireid.checkpoints import load_any_checkpoint
 
-    model, settings = load_any_checkpoint(path, checkpoint_format, size=size)
+    model, settings = load_any_checkpoint(path, checkpoint_format, size=size, arch=arch)
     height, width = settings.height, settings.width
     feature = feature or settings.feature
     return export_onnx(model, out, height=int(height), width=int(width), graph=graph, opset=opset, batch=batch,

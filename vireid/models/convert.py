@@ -305,7 +305,7 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], model: VIReIDModel, fo
             parts.append(f"{len(missing)} missing keys ({_first(missing)})")
         arch = model.build_kwargs.get("arch", "?")
         raise CheckpointError(f"{source}: does not fit a {format} {arch} model: {'; '.join(parts)}; "
-                              "check the architecture (arch=, non-local blocks, number of classes)")
+                              "check the architecture (--arch NAME, non-local blocks, number of classes)")
     out = {ours: state[theirs] if theirs in state else own[ours] for theirs, ours in mapping.items()}
     return {k: v.detach().clone().to(own[k].dtype) for k, v in out.items()}
 
@@ -349,7 +349,8 @@ def infer_arch(state: Mapping[str, torch.Tensor], format: ForeignFormat, source:
             best, best_score = name, len(shared)
     if best is None:
         raise CheckpointError(f"{source}: its ResNet tensors match none of the registered backbones "
-                              f"({', '.join(BACKBONES)}); pass arch= explicitly (a mismatch is then listed key by key)")
+                              f"({', '.join(BACKBONES)}); pass --arch NAME explicitly (a mismatch is then listed "
+                              "key by key)")
     return best
 
 
