@@ -36,3 +36,16 @@ def test_no_command_prints_help(capsys):
 def test_python_dash_m_runs_the_same_cli():
     out = subprocess.run([sys.executable, "-m", "vireid", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"vireid {__version__}"
+
+
+def test_demo_help_states_the_real_default_identity_count():
+    from vireid.demo import DEMO_IDS
+
+    text = " ".join(_demo_help().split())   # argparse wraps the help text
+    assert f"(default {DEMO_IDS})" in text
+
+
+def _demo_help() -> str:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sub.choices["demo"].format_help()

@@ -10,9 +10,10 @@ HELP = "Run the whole pipeline on a synthetic SYSU-MM01 (no dataset needed): tra
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="vireid-demo", help="folder for the dataset, the run and the report")
-    parser.add_argument("--ids", type=int, default=None, help="identities in the synthetic dataset (default 100)")
+    parser.add_argument("--ids", type=int, default=None, help="identities in the synthetic dataset (default 120)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo recipe's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the dataset and the run (the result depends on it: see the README)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
