@@ -96,8 +96,8 @@ def test_demo_writes_a_sane_report_and_reuses_its_dataset(tmp_path):
 def test_the_demo_recipe_keeps_its_promise(tmp_path):
     """The README's demo, as a newcomer runs it (120 identities, the full recipe, seed 0): trained Rank-1 at least
     3x the untrained model's and 15 points above chance. Measured on torch 2.14.1, 2 CPU threads, seeds 0 / 1 / 2:
-    34.6 / 31.6 / 24.2 (untrained 4.1-5.9, chance 4.35), so the band holds across seeds; a recipe or engine
-    regression that stops the demo from learning fails here (about 5 minutes on 2 cores)."""
+    32.80 / 24.51 / 33.39 (untrained 4.51 / 5.89 / 4.08, chance 4.35; the README's table), so the band holds across
+    seeds; a recipe or engine regression that stops the demo from learning fails here (5-7 minutes on 2 cores)."""
     out = tmp_path / "demo"
     env = dict(os.environ, OMP_NUM_THREADS="2", VIREID_CACHE=str(out / "cache"))
     proc = subprocess.run([sys.executable, "-m", "vireid", "demo", "--out", str(out), "--device", "cpu", "--quiet"],
