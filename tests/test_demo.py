@@ -93,19 +93,19 @@ def test_demo_writes_a_sane_report_and_reuses_its_dataset(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_demo_recipe_keeps_its_promise(tmp_path):
-    """The README's demo, as a newcomer runs it (120 identities, the full recipe, seed 0): trained Rank-1 at least
-    3x the untrained model's and 15 points above chance. Measured on torch 2.14.1, 2 CPU threads, seeds 0 / 1 / 2:
-    32.80 / 24.51 / 33.39 (untrained 4.51 / 5.89 / 4.08, chance 4.35; the README's table), so the band holds across
-    seeds; a recipe or engine regression that stops the demo from learning fails here (5-7 minutes on 2 cores)."""
+def test_the_demo_recipe_learns_on_a_shortened_run(tmp_path):
+    """The demo recipe as a newcomer runs it (120 identities, seed 0), shortened to 8 epochs so that CI can afford it:
+    trained Rank-1 at least 2.5x the untrained model's and 7 points above chance. Measured on torch 2.14.1, 2 CPU
+    threads: 14.40 vs untrained 4.51, chance 4.35 (the full 24-epoch demo: 32.80; README table). A recipe or engine
+    regression that stops the demo from learning fails here (about 3 minutes on 2 idle cores)."""
     out = tmp_path / "demo"
     env = dict(os.environ, OMP_NUM_THREADS="2", VIREID_CACHE=str(out / "cache"))
-    proc = subprocess.run([sys.executable, "-m", "vireid", "demo", "--out", str(out), "--device", "cpu", "--quiet"],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
+    proc = subprocess.run([sys.executable, "-m", "vireid", "demo", "--out", str(out), "--epochs", "8", "--device",
+                           "cpu", "--quiet"], capture_output=True, text=True, env=env, cwd=REPO, timeout=3000)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "report" / "results.json").read_text())
     trained, untrained, chance = res["trained"]["rank1"], res["untrained"]["rank1"], res["chance_rank1"]
     print(f"demo: chance {chance:.2f} untrained {untrained:.2f} trained {trained:.2f} mAP {res['trained']['mAP']:.2f}")
     assert res["identities"] == 120
-    assert trained >= 3 * untrained and trained >= chance + 15, (chance, untrained, trained)
+    assert trained >= 2.5 * untrained and trained >= chance + 7, (chance, untrained, trained)
     assert res["trained"]["mAP"] >= 2 * res["untrained"]["mAP"]
