@@ -79,6 +79,16 @@ def test_bad_overrides_name_the_key_and_what_is_allowed(override, fragment):
     assert "\n" not in str(exc.value)
 
 
+def test_exponent_notation_is_a_number_as_users_write_it(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-3 as a string; a float key takes it as 0.001, in a YAML file and in --set."""
+    cfg = load_config(None, ["train.lr=1e-3", "train.weight_decay=5E-4", "augment.flip=-0e0"])
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.augment.flip) == (0.001, 0.0005, 0.0)
+    (tmp_path / "r.yaml").write_text("train: {lr: 3.5e-4}\n")
+    assert load_config(tmp_path / "r.yaml").train.lr == 0.00035
+    with pytest.raises(ConfigError, match="expects an integer, got '1e3'"):
+        load_config(None, ["train.epochs=1e3"])  # integers stay integers
+
+
 def test_unknown_key_in_file_names_the_file(tmp_path):
     p = write(tmp_path, "data:\n  rot: /x\n")
     with pytest.raises(ConfigError, match=r"cfg.yaml: unknown config key 'data.rot'; known keys in data: cache_dir"):

@@ -12,6 +12,7 @@ This module imports nothing of vireid but errors, so every layer can take these 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ from vireid.errors import ConfigError
 
 __all__ = ["AugmentConfig", "DataConfig", "EvalConfig", "ModelConfig", "SamplerConfig", "TrainConfig", "check",
            "dump_yaml", "from_dict", "to_dict"]
+
+
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""Exponent notation PyYAML (YAML 1.1) reads as a string: ``1e-3``, ``5E4`` (it needs a dot: ``1.0e-3``)."""
 
 
 def check(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -325,6 +330,8 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+            return float(value)  # 1e-3: a number everywhere but in YAML 1.1, which wants 1.0e-3
         raise ConfigError(f"{where}config key '{key}' expects a number, got {_show(value)}")
     if tp is str:
         if isinstance(value, str):
