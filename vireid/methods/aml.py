@@ -31,12 +31,10 @@ memories (one per model, tau 0.05, momentum 0.2): ``CE_mem1 + CE_mem2 + kl_weigh
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
@@ -44,6 +42,7 @@ import torch
 from torch import nn
 
 from vireid.clustering import cluster_centroids, cluster_cross_modal, clustering_diagnostics
+from vireid.clustering.plots import plot_clustering
 from vireid.data.cache import ImageCache
 from vireid.data.pools import PairFetch, PoolFetch, PseudoLabelSampler, TwinPairSampler
 from vireid.data.transforms import (
@@ -528,54 +527,3 @@ class Reclusterer:
         f1, f2 = both(self.method.model), both(g)
         self.method.train()
         return f1, f2
-
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# report
-
-
-def cluster_rows(out: Path, phases: Sequence[str]) -> list[dict[str, Any]]:
-    """The ``kind: cluster`` rows of the named phases' logs, in order."""
-    rows = []
-    for name in phases:
-        log = out / name / "log.jsonl"
-        if log.is_file():
-            rows += [r for r in map(json.loads, log.read_text().splitlines()) if r.get("kind") == "cluster"]
-    return rows
-
-
-def plot_clustering(out: Path, phases: Sequence[str]) -> Path | None:
-    """``clustering.png``: clusters, outlier fraction and (with ground truth) ARI/NMI/match precision per clustering."""
-    rows = cluster_rows(out, phases)
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = np.arange(len(rows))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for key in ("clusters_rgb", "clusters_ir", "num_clusters"):
-        axes[0].plot(x, [r.get(key, np.nan) for r in rows], marker="o", label=key)
-    axes[0].set_title("clusters")
-    for key in ("outlier_fraction_rgb", "outlier_fraction_ir"):
-        axes[1].plot(x, [r.get(key, np.nan) for r in rows], marker="o", label=key)
-    axes[1].set_title("outlier fraction")
-    for key in ("ari", "nmi", "match_precision"):
-        if any(key in r for r in rows):
-            axes[2].plot(x, [r.get(key, np.nan) for r in rows], marker="o", label=key)
-    axes[2].set_title("agreement with ground truth")
-    starts = [i for i in range(1, len(rows)) if rows[i]["phase"] != rows[i - 1]["phase"]]
-    for ax in axes:
-        for s in starts:
-            ax.axvline(s - 0.5, color="gray", ls=":")
-        ax.set_xlabel("re-clustering (phases separated by dotted lines)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "clustering.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
