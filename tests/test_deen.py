@@ -489,3 +489,16 @@ def test_method_loss_terms_match_the_official_composition():
                 + 0.8 * ext["cpm"] + 0.01 * ext["ort"])
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-4)
     assert terms["cpm"].item() == pytest.approx(0.8 * ext["cpm"].item(), rel=1e-4)
+
+
+def test_too_few_identities_per_process_is_refused_before_building():
+    """Under torchrun each process gets num_ids / world_size identities; CPM needs two (a one-line error up front,
+    not a traceback at the first step)."""
+    from types import SimpleNamespace
+
+    from vireid.errors import ConfigError
+    from vireid.methods.deen import DEENSettings, build_deen
+
+    ctx = SimpleNamespace(sampler=SimpleNamespace(num_ids=2), world_size=2, augment=None, data=None)
+    with pytest.raises(ConfigError, match="sampler.num_ids=2 over 2 processes leaves 1 identity"):
+        build_deen(DEENSettings(), ctx, 10)

@@ -27,6 +27,7 @@ from vireid.data.transforms import (
     RandomPadCrop,
     ToFloatNormalize,
 )
+from vireid.errors import ConfigError
 from vireid.losses import batch_hard_triplet, cross_entropy, enabled
 from vireid.losses.deen import deen_expansion_terms
 from vireid.methods.base import Batch, Method, RunContext, resolve_weights, weighted_terms
@@ -157,6 +158,11 @@ def _model(settings: DEENSettings, arch: str, pretrained: Any, num_classes: int)
 
 def build_deen(settings: DEENSettings, ctx: RunContext, num_classes: int) -> DEEN:
     a, d = ctx.augment, ctx.data
+    per_rank = ctx.sampler.num_ids // max(1, ctx.world_size)
+    if settings.weights.get("cpm", 0.8) > 0 and per_rank < 2:
+        raise ConfigError(f"sampler.num_ids={ctx.sampler.num_ids} over {ctx.world_size} processes leaves {per_rank} "
+                          "identity per process batch; DEEN's center-guided pair mining needs at least 2: raise "
+                          "sampler.num_ids to 2 x the number of processes (or set method.weights.cpm=0)")
     model = _model(settings, ctx.model.arch, ctx.model.pretrained, num_classes)
     return DEEN(model, height=d.height, width=d.width, pad=a.pad, flip=a.flip, grayscale=settings.grayscale,
                 erasing=a.erasing, erasing_area=tuple(a.erasing_area), erasing_ratio=a.erasing_ratio,  # type: ignore[arg-type]
