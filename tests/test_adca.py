@@ -149,3 +149,210 @@ def test_dual_memory_loss_and_update_by_hand() -> None:
     np.testing.assert_allclose(mem.rgb.memory.numpy(), [[0.561752, 0.827310], [0.0, 1.0]], atol=1e-5)
     # ir row 0 = normalise(0.1 (0, 1) + 0.9 (1, 0)) = (0.9, 0.1) / 0.905539
     np.testing.assert_allclose(mem.ir.memory.numpy(), [[0.993884, 0.110432]], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the plug-in (vireid/methods/adca.py)
+
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from vireid.errors import DataError  # noqa: E402
+from vireid.methods.adca import (  # noqa: E402
+    ADCA,
+    ADCAReclusterer,
+    ADCASettings,
+    DualPseudoLabelSampler,
+    cma_association,
+)
+from vireid.methods.base import Batch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _FirstTwo(torch.nn.Module):
+    """A 'network' whose BN feature is the first two input values of each image (one learnable scale)."""
+
+    feature_dim = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor, modality: torch.Tensor):
+        return SimpleNamespace(bn=self.scale * x.flatten(1)[:, :2])
+
+
+def _ce(logits: list[float], target: int) -> float:
+    return -logits[target] + math.log(sum(math.exp(v) for v in logits))
+
+
+def test_recipes_state_the_official_run_scripts() -> None:
+    from vireid.config import load_config
+
+    sysu = load_config(REPO / "configs/adca/sysu.yaml")
+    regdb = load_config(REPO / "configs/adca/regdb.yaml")
+    for cfg, eps, iters in ((sysu, 0.6, 200), (regdb, 0.3, 100)):
+        m, t = cfg.method, cfg.train
+        assert (m.name, m.stages, m.eps, m.min_samples, m.k1, m.k2) == ("adca", 2, eps, 4, 30, 6)
+        assert (m.temperature, m.momentum, m.cma_threshold, m.cma_weight) == (0.05, 0.1, 0.5, 0.1)
+        assert (m.rgb_ids, m.ir_ids, m.num_instances, m.neck_init_std) == (8, 16, 16, 0.01)
+        assert (t.optimizer, t.lr, t.weight_decay, t.epochs, t.steps_per_epoch) == ("adam", 3.5e-4, 5e-4, 50, iters)
+        assert (t.schedule, t.milestones, t.gamma, t.validation) == ("step", [20, 40], 0.1, "none")
+        assert (cfg.data.height, cfg.data.width) == (288, 144)
+        mc = cfg.model
+        assert (mc.arch, mc.specific_stages, mc.last_stride, mc.non_local, mc.pooling, mc.gem_p,
+                mc.gem_learnable, mc.neck, mc.neck_init) == ("resnet50", 0, 1, False, "gem", 3.0, False, "bnneck",
+                                                             "normal")
+        assert (cfg.augment.erasing, cfg.augment.adaptive_gray, cfg.eval.flip, cfg.eval.feature) == (0.5, 0.5, True,
+                                                                                                     "bn")
+    assert sysu.data.dataset == "sysu_mm01" and sysu.eval.protocol == "sysu"
+    assert regdb.data.trials == list(range(1, 11)) and regdb.eval.protocol == "regdb"
+
+
+def test_settings_refuse_bad_values() -> None:
+    from vireid.config import load_config
+    from vireid.errors import ConfigError
+
+    for bad, field in (("method.stages=3", "method.stages"), ("method.cma_weight=1.5", "method.cma_weight"),
+                       ("method.rgb_ids=0", "method.rgb_ids"), ("method.momentum=1", "method.momentum")):
+        with pytest.raises(ConfigError, match=field):
+            load_config(REPO / "configs/adca/sysu.yaml", [bad])
+    with pytest.raises(ConfigError, match="sampler section is not used by method adca"):
+        load_config(REPO / "configs/adca/sysu.yaml", ["sampler.num_ids=4"])
+
+
+def test_training_step_is_both_memories_on_their_own_modality_by_hand() -> None:
+    mem = DualClusterMemory(2, temperature=0.5, momentum=0.1)
+    mem.reset(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
+    method = ADCA(_FirstTwo(), mem, num_rgb=4, num_ir=4, height=4, width=2)
+    x = torch.zeros(4, 3, 4, 2)
+    feats = [(3.0, 4.0), (0.0, 2.0), (1.0, 0.0), (0.0, -1.0)]  # view 1, view 2 (RGB), IR, IR
+    for i, (a, b) in enumerate(feats):
+        x[i, 0, 0, 0], x[i, 0, 0, 1] = a, b
+    batch = Batch(x, torch.tensor([0, 0, 1, 0]), torch.tensor([0, 0, 1, 1]), torch.full((4,), -1))
+    terms = method.training_step(batch)
+    # RGB rows (0.6, 0.8) and (0, 1), label 0, memory e1, e2, tau 0.5: logits (1.2, 1.6) and (0, 2)
+    rgb = (_ce([1.2, 1.6], 0) + _ce([0.0, 2.0], 0)) / 2
+    # IR rows (1, 0) label 1 and (0, -1) label 0, memory (1, 1)/sqrt2, (1, -1)/sqrt2: logits ±sqrt2
+    s = math.sqrt(2.0)
+    ir = (_ce([s, s], 1) + _ce([-s, s], 0)) / 2
+    assert float(terms["mem_rgb"].detach()) == pytest.approx(rgb, rel=1e-6)
+    assert float(terms["mem_ir"].detach()) == pytest.approx(ir, rel=1e-6)
+    assert float(terms["loss"].detach()) == pytest.approx(rgb + ir, rel=1e-6)
+    terms["loss"].backward()
+    # each memory moves with its own rows only, in batch order: rgb row 0 <- (0.6, 0.8) then (0, 1)
+    r0 = np.array([0.1, 0.0]) + 0.9 * np.array([0.6, 0.8])
+    r0 /= np.linalg.norm(r0)
+    r0 = 0.1 * r0 + 0.9 * np.array([0.0, 1.0])
+    np.testing.assert_allclose(mem.rgb.memory.numpy(), [r0 / np.linalg.norm(r0), [0.0, 1.0]], atol=1e-5)
+    # ir row 0 (1, 1)/sqrt2 <- (0, -1) (label 0); ir row 1 (1, -1)/sqrt2 <- (1, 0) (label 1)
+    ir0 = 0.1 * np.array([1.0, 1.0]) / s + 0.9 * np.array([0.0, -1.0])
+    ir1 = 0.1 * np.array([1.0, -1.0]) / s + 0.9 * np.array([1.0, 0.0])
+    np.testing.assert_allclose(mem.ir.memory.numpy(), [ir0 / np.linalg.norm(ir0), ir1 / np.linalg.norm(ir1)],
+                               atol=1e-5)
+
+
+def test_make_batch_is_two_rgb_views_then_ir_labels_repeated() -> None:
+    method = ADCA(_FirstTwo(), DualClusterMemory(2), num_rgb=2, num_ir=2, height=8, width=4)
+    rgb = torch.randint(0, 255, (2, 3, 8, 4), dtype=torch.uint8)
+    ir = torch.randint(0, 255, (3, 3, 8, 4), dtype=torch.uint8)
+    batch = method.make_batch(rgb, ir, torch.tensor([5, 6]), torch.tensor([1, 2, 3]), torch.Generator().manual_seed(0))
+    assert batch.labels.tolist() == [5, 6, 5, 6, 1, 2, 3]
+    assert batch.modalities.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert batch.images.shape == (7, 3, 8, 4)
+    # the second RGB view is channel-exchanged: all three channels equal
+    ex = batch.images[2:4]
+    assert torch.equal(ex[:, 0], ex[:, 1]) and torch.equal(ex[:, 1], ex[:, 2])
+
+
+def test_dual_sampler_draws_each_modality_from_its_own_labels() -> None:
+    # RGB: 3 clusters of 4 (+2 outliers); IR: 4 clusters of 3; cameras alternate
+    lr = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, -1, -1])
+    li = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    s = DualPseudoLabelSampler(np.arange(14) % 2, np.arange(12) % 3, rgb_ids=2, ir_ids=3, num_instances=4, seed=0,
+                               rank=0, world_size=1)
+    s.set_labels(lr, li, steps=5)
+    batches = list(s)
+    assert len(batches) == len(s) == 5
+    for r, i in batches:
+        assert r.shape == (8,) and i.shape == (12,)
+        assert (lr[r] >= 0).all() and (li[i] >= 0).all()           # outliers never drawn
+        assert all(len(set(lr[r[k:k + 4]])) == 1 for k in range(0, 8, 4))  # groups of K share a pseudo label
+        assert len(set(lr[r[::4]])) == 2 and len(set(li[i[::4]])) == 3    # distinct identities per batch
+    assert [b[0].tolist() for b in batches] == [b[0].tolist() for b in s]  # deterministic
+    s.set_epoch(1)
+    assert [b[0].tolist() for b in batches] != [b[0].tolist() for b in s]
+    s.set_labels(lr, li, steps=None)  # one pass over the IR clusters: 4 // 3
+    assert len(s) == 1
+    with pytest.raises(DataError, match="method.ir_ids"):
+        s.set_labels(lr, np.where(li < 2, li, -1), steps=5)
+
+
+def test_association_for_diagnostics_follows_the_cma_pairs() -> None:
+    lr, li = np.array([0, 1, 2, -1, 1]), np.array([0, 1, -1, 1])
+    match = CMAMatch(rgb=np.array([2]), ir=np.array([0]), votes=np.array([3]), similarity=np.ones(1, np.float32))
+    a = cma_association(lr, li, match)
+    # rgb 2 -> ir 0; unmatched rgb 0, 1 -> 2, 3 (after the two IR clusters)
+    assert a.labels_rgb.tolist() == [2, 3, 0, -1, 3] and a.labels_ir.tolist() == [0, 1, -1, 1]
+    assert (a.num_clusters, a.clusters_rgb, a.clusters_ir) == (4, 3, 2)
+    assert cma_association(lr, li, None).labels_rgb.tolist() == [2, 3, 4, -1, 3]
+
+
+def _grouped(centres: np.ndarray, per: int, rng: np.random.Generator) -> np.ndarray:
+    x = np.repeat(centres, per, axis=0) + 0.01 * rng.standard_normal((len(centres) * per, centres.shape[1]))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_reclusterer_memories_cma_and_resume_by_hand() -> None:
+    """Three identities, four images per modality each: RGB near e_g, IR near normalise(e_g + 0.5 e_{g+3}). The
+    Jaccard + DBSCAN clusters are the identities; memories are the normalised means; stage 2's CMA pairs cluster g
+    with g (cosine 0.89 >= 0.5, cross-identity 0) and moves M_rgb[g] to 0.1 M_rgb[g] + 0.9 M_ir[g]."""
+    rng = np.random.default_rng(0)
+    eye = np.eye(6, dtype=np.float32)
+    f_rgb = _grouped(eye[:3], 4, rng)
+    f_ir = _grouped(eye[:3] + 0.5 * eye[3:], 4, rng)
+    mods = np.array([0] * 12 + [1] * 12)
+    feats = np.concatenate([f_rgb, f_ir])
+    calls = []
+
+    def extract(model, cache, modalities, *, flip, feature):
+        calls.append(feature)
+        assert not flip and np.array_equal(modalities, mods)
+        return feats
+
+    settings = ADCASettings(eps=0.6, min_samples=2, k1=4, k2=2)
+    mem = DualClusterMemory(6, temperature=settings.temperature, momentum=settings.momentum)
+    model = _FirstTwo()
+    model.feature_dim = 6
+    method = ADCA(model, mem, num_rgb=12, num_ir=12, height=4, width=2)
+    sampler = DualPseudoLabelSampler(np.zeros(12), np.ones(12), 2, 2, 4, 0, 0, 1)
+    fetch = SimpleNamespace(labels=None)
+    truth = np.concatenate([np.repeat([10, 11, 12], 4)] * 2)
+    hook = ADCAReclusterer(method, sampler, fetch, None, mods, truth, settings, cma=True, steps=3, phase="stage2",
+                           device=torch.device("cpu"), extract=extract)
+    rows = []
+    hook.bind(rows.append, lambda: 7)
+    hook(0)
+    assert calls == ["bn", "bn"]  # the image and its mirror image
+    expect = np.repeat([0, 1, 2], 4)
+    assert method.labels_rgb.tolist() == expect.tolist() and method.labels_ir.tolist() == expect.tolist()
+    assert fetch.labels.tolist() == np.concatenate([expect, expect]).tolist() and len(sampler) == 3
+    m_ir = np.stack([f_ir[4 * g:4 * g + 4].mean(0) for g in range(3)])
+    m_ir /= np.linalg.norm(m_ir, axis=1, keepdims=True)
+    m_rgb = np.stack([f_rgb[4 * g:4 * g + 4].mean(0) for g in range(3)])
+    m_rgb /= np.linalg.norm(m_rgb, axis=1, keepdims=True)
+    np.testing.assert_allclose(mem.ir.memory.numpy(), m_ir, atol=1e-6)
+    np.testing.assert_allclose(mem.rgb.memory.numpy(), 0.1 * m_rgb + 0.9 * m_ir, atol=1e-6)  # not renormalised
+    (row,) = rows
+    assert (row["kind"], row["phase"], row["epoch"], row["global_step"]) == ("cluster", "stage2", 0, 7)
+    assert (row["cma_pairs"], row["match_precision"], row["ari_rgb"], row["ari_ir"]) == (3.0, 1.0, 1.0, 1.0)
+    # resumed in the same epoch: the saved labels and memories are used, nothing is re-extracted
+    before = mem.rgb.memory.clone()
+    hook(0)
+    assert calls == ["bn", "bn"] and torch.equal(mem.rgb.memory, before) and len(rows) == 1
+    # stage 1 (no CMA): the RGB memory is its own normalised means
+    hook1 = ADCAReclusterer(method, sampler, fetch, None, mods, None, settings, cma=False, steps=3, phase="stage1",
+                            device=torch.device("cpu"), extract=extract)
+    hook1(1)
+    np.testing.assert_allclose(mem.rgb.memory.numpy(), m_rgb, atol=1e-6)
