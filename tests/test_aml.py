@@ -347,7 +347,8 @@ def test_pipeline_under_torchrun_two_processes(synthetic_aml, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vireid", "train",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vireid",
+         "train",
          str(REPO / "configs/aml/sysu_mm02.yaml"), "--quiet", "--set",
          *_overrides(synthetic_aml, out, 2, 3, "train.threads=1")],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=600)

@@ -96,8 +96,9 @@ def test_under_torchrun_two_processes(name, datasets, tmp_path):
     """`torchrun --nproc_per_node 2 -m vireid train ...` (gloo on CPU): both ranks train, rank 0 writes."""
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vireid",
-                           *_args(name, datasets, out, "train.threads=1")],
+    # --standalone: a free rendezvous port per run (two torchrun tests on two xdist workers shared port 29500)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "vireid", *_args(name, datasets, out, "train.threads=1")],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ck = torch.load(out / RUNS[name][3], weights_only=True)

@@ -429,7 +429,8 @@ def test_torchrun_two_processes_train_validate_and_test(synth, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vireid", "train",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vireid",
+         "train",
          str(DEMO_YAML), "--quiet", "--set", *small(synth, out, "train.epochs=2", "train.steps_per_epoch=3",
                                                       "train.threads=1", "train.eval_every=1")],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
