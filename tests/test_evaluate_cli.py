@@ -289,6 +289,27 @@ def test_new_option_errors(tmp_path, capsys, args, msg):
     assert code == 2 and len(err.strip().splitlines()) == 1 and msg in err, err
 
 
+def test_evaluate_imports_only_what_it_uses(tmp_path):
+    """A short command should not pay for modules it does not use: ``vireid evaluate`` of a features file without
+    --dataset-root loads no dataset parsers (nor PIL through them), and with stderr not a terminal, where the
+    progress bars would stay silent, not tqdm either -- nor SciPy, scikit-learn, YAML or matplotlib."""
+    import subprocess
+    import sys
+
+    sysu = write_npz(tmp_path / "s.npz", sysu_rows(0))
+    script = (
+        "import sys\n"
+        "from vireid.cli import main\n"
+        f"assert main(['evaluate', {str(sysu)!r}, '--protocol', 'sysu', '--json', {str(tmp_path / 's.json')!r}]) == 0\n"
+        "heavy = ('torch', 'tqdm', 'PIL', 'scipy', 'sklearn', 'yaml', 'matplotlib', 'vireid.data.datasets')\n"
+        "print('LOADED', sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "LOADED []"
+    assert json.loads((tmp_path / "s.json").read_text())["trials"] == 10
+
+
 def test_evaluation_does_not_import_torch(tmp_path):
     """Issue 11 item 8: the features-file path is NumPy/SciPy. In a fresh interpreter, importing vireid.evaluation
     and running the evaluate command (protocols, metrics, CPU re-ranking, both directions) leaves torch unloaded."""

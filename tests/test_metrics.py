@@ -352,3 +352,162 @@ def test_trials_bad_inputs():
             evaluate_trials(d, [np.array([0, 1]), np.array([2])], [1, 2], [1, 2, 3], method=method)
     with pytest.raises(FeaturesError, match="NaN or infinite"):
         evaluate_trials(np.full((2, 3), np.nan, np.float32), [np.array([0, 1])], [1, 2], [1, 2, 3])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the blocked path of evaluate_trials (blocks of queries, every trial at once) and its distance rows on demand
+
+
+def no_per_trial(monkeypatch):
+    from vireid.evaluation import metrics
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the blocked path fell back to per-trial evaluation")
+
+    monkeypatch.setattr(metrics, "_per_trial", boom)
+
+
+@pytest.mark.parametrize("seed", range(16))
+@pytest.mark.parametrize("cmc", ["standard", "identity"])
+def test_trials_blocked_against_reference(monkeypatch, seed, cmc):
+    rng = np.random.default_rng(300 + seed)
+    gp, gc, cols = multishot(rng, n_ids=int(rng.integers(2, 9)), shots=int(rng.integers(1, 4)),
+                             trials=int(rng.integers(1, 7)))
+    if seed % 5 == 0:  # a column listed twice in a trial is two gallery entries
+        cols[0] = np.r_[cols[0], cols[0][:2]]
+    Q, U = int(rng.integers(1, 50)), gp.size
+    qp = rng.integers(0, gp.max() + 3, Q)  # some query ids have no gallery image: invalid queries
+    qc = rng.choice([3, 6], Q)
+    kind = seed % 4
+    if kind == 0:  # many exact ties, between matches and other identities too
+        d = rng.integers(0, 4, (Q, U)).astype(np.float32)
+    elif kind == 1:  # ties, and -0.0 (ties with 0.0)
+        d = (rng.integers(0, 40, (Q, U)) / 8).astype(np.float32)
+        d[(d == 0) & (rng.random((Q, U)) < 0.5)] = -0.0
+    elif kind == 2:  # any finite values are distances here, negative ones too
+        d = rng.standard_normal((Q, U), dtype=np.float32)
+    else:
+        d = rng.random((Q, U), dtype=np.float32)
+    if seed % 3 == 0:
+        qk = gk = None
+    elif seed % 3 == 1:  # SYSU location rule: cam3 queries lose every cam2 image
+        qk, gk = np.where(qc == 3, 2, -1), np.where(gc == 2, 2, -2)
+    else:  # same pid and same camera removed
+        keys = pair_keys(np.r_[qp, gp], np.r_[np.where(qc == 3, 1, qc), gc])
+        qk, gk = keys[:Q], keys[Q:]
+    quirk = bool(seed % 2)
+    refs = [reference_metrics(d[:, c], qp, gp[c], qk, None if gk is None else gk[c], cmc=cmc,
+                              invalid_query_quirk=quirk) for c in cols]
+    if any(r["num_valid"] == 0 for r in refs):
+        qp[0] = gp[cols[0][0]]  # make query 0 valid in every trial (its id is in every trial, nothing removed)
+        if qk is not None:
+            qk[0] = -7
+        refs = [reference_metrics(d[:, c], qp, gp[c], qk, None if gk is None else gk[c], cmc=cmc,
+                                  invalid_query_quirk=quirk) for c in cols]
+    per_trial = evaluate_trials(d, cols, qp, gp, qk, gk, method="per-trial", cmc=cmc, invalid_query_quirk=quirk)
+    no_per_trial(monkeypatch)
+    for budget in (1e-3, 512):  # one query row per block, and one block
+        res = evaluate_trials(d, cols, qp, gp, qk, gk, method="blocked", memory_budget_mb=budget, cmc=cmc,
+                              invalid_query_quirk=quirk, assume_finite=kind in (0, 3))
+        assert len(res) == len(cols)
+        for r, p, ref, c in zip(res, per_trial, refs, cols):
+            np.testing.assert_array_equal(r.rank, ref["rank"])
+            np.testing.assert_allclose(r.ap, ref["ap"], equal_nan=True, atol=1e-12)
+            np.testing.assert_allclose(r.inp, ref["inp"], equal_nan=True, atol=1e-12)
+            np.testing.assert_allclose(r.cmc * 100, ref["cmc"] * 100, atol=1e-4)
+            assert r.num_valid == ref["num_valid"] and r.num_gallery == c.size
+            # the same numbers as the per-trial path, to the bit
+            np.testing.assert_array_equal(r.rank, p.rank)
+            np.testing.assert_array_equal(r.ap, p.ap)
+            np.testing.assert_array_equal(r.inp, p.inp)
+            assert r.mAP == p.mAP and r.mINP == p.mINP and r.cmc.tolist() == p.cmc.tolist()
+
+
+def test_trials_blocked_breaks_ties_in_each_trials_order(monkeypatch):
+    # every distance equal: trial 0 lists [1, 0] (pid 2 first), trial 1 lists [0, 1] (pid 1 first) -- no single
+    # order serves both, which the blocked path does not need: rank 1 in trial 0, rank 0 in trial 1
+    d = np.full((1, 2), 0.5, np.float32)
+    no_per_trial(monkeypatch)
+    for cmc in ("standard", "identity"):
+        res = evaluate_trials(d, [np.array([1, 0]), np.array([0, 1])], [1], [1, 2], cmc=cmc, method="blocked")
+        assert [r.rank.tolist() for r in res] == [[1], [0]]
+        assert [r.mAP for r in res] == [pytest.approx(0.5), 1.0]
+
+
+def test_trials_distance_rows_on_demand(monkeypatch):
+    """A distance callable (rows on demand, e.g. feature_rows_distance_fn) gives the matrix's results by every
+    path; the blocked path asks for blocks of rows only, the others for the whole matrix."""
+    from vireid.evaluation.metrics import feature_rows_distance_fn, l2_normalize
+
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(90, 16)).astype(np.float32)
+    pids = rng.integers(0, 6, 90)
+    query, gallery = np.arange(0, 30), np.arange(30, 90)
+    cols = [rng.permutation(60)[:25] for _ in range(4)]
+    fn = feature_rows_distance_fn(feats, query, gallery)
+    full = feature_distance_fn(l2_normalize(feats[query]), l2_normalize(feats[gallery]), normalize=False)(0, 30)
+    np.testing.assert_array_equal(fn(0, 30), full)  # bit for bit
+    np.testing.assert_array_equal(fn(7, 19), full[7:19])
+    calls = []
+
+    def rows(a, b):
+        calls.append((a, b))
+        return fn(a, b)
+
+    rows.shape = fn.shape
+    for method in ("blocked", "union", "per-trial", "auto"):
+        calls.clear()
+        got = evaluate_trials(rows, cols, pids[query], pids[gallery], cmc="identity", method=method,
+                              memory_budget_mb=0.01)
+        want = evaluate_trials(full, cols, pids[query], pids[gallery], cmc="identity", method=method,
+                               memory_budget_mb=0.01)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g.rank, w.rank)
+            np.testing.assert_array_equal(g.ap, w.ap)
+        if method == "blocked":
+            assert len(calls) > 2 and max(b - a for a, b in calls) < 30  # blocks, never the whole matrix
+    bad = feats.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(FeaturesError, match="query features have NaN or infinite values in 1 rows"):
+        feature_rows_distance_fn(bad, query, gallery)
+    nan_rows = np.full((3, 4), np.nan, np.float32)
+
+    def nan_fn(a, b):
+        return nan_rows[a:b]
+
+    nan_fn.shape = (3, 4)
+    for method in ("blocked", "per-trial"):
+        with pytest.raises(FeaturesError, match="NaN or infinite"):
+            evaluate_trials(nan_fn, [np.array([0, 1])], [1, 2, 1], [1, 2, 3, 1], method=method)
+
+
+def test_unit_rows_equal_l2_normalize_bit_for_bit():
+    from vireid.evaluation.metrics import l2_normalize, unit_rows
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(700, 300)).astype(np.float32)  # several blocks of rows
+    x[3] = 0.0  # stays zero
+    x[4] *= np.float32(1e-30)
+    x[5] *= np.float32(1e20)  # the float32 norm overflows: a zero row, finite
+    rows = rng.integers(0, 700, 900)
+    with np.errstate(over="ignore"):
+        out, sq = unit_rows(x, rows)
+        want = l2_normalize(x[rows])
+    np.testing.assert_array_equal(out.view(np.int32), want.view(np.int32))
+    np.testing.assert_array_equal(sq, np.einsum("ij,ij->i", want, want))
+    x[6, 1] = np.inf
+    x[7, 0] = np.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        out, sq = unit_rows(x, np.arange(10))
+    assert (~np.isfinite(sq)).nonzero()[0].tolist() == [6, 7]  # exactly the rows that are not finite
+
+
+def test_progress_bar_passes_items_through_off_a_terminal():
+    import sys
+
+    from vireid.evaluation.metrics import progress_bar
+
+    items = [1, 2, 3]
+    if not sys.stderr.isatty():  # pytest captures stderr: the items themselves, tqdm not involved
+        assert progress_bar(items, desc="x") is items
+    assert list(progress_bar(items, desc="x")) == items

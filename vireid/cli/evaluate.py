@@ -129,13 +129,14 @@ _PROTOCOL_DATASET = {"sysu": "sysu_mm01", "sysu-official": "sysu_mm01", "regdb":
 def _check_inputs(args: argparse.Namespace) -> None:
     """Refuse a non-positive --memory-mb, a --dataset-root that is missing or holds another dataset, and a --json
     path that cannot be written -- before any features file is read."""
-    from vireid.data.datasets.common import check_dataset_root
     from vireid.errors import FeaturesError
     from vireid.outputs import check_writable_file
 
     if not args.memory_mb > 0:
         raise FeaturesError(f"--memory-mb {args.memory_mb:g}: must be a positive number of megabytes")
     if args.dataset_root is not None:
+        from vireid.data.datasets.common import check_dataset_root  # the dataset parsers: only when a root is given
+
         check_dataset_root(args.dataset_root, _PROTOCOL_DATASET[args.protocol])
     if args.json is not None:
         check_writable_file(args.json, "--json file")

@@ -96,6 +96,24 @@ def validate_features(
         FeaturesError: wrong shape or dtype, mismatched lengths, NaN/inf features, modality not 0/1, empty or
             duplicated paths -- with a one-line message naming the key and what is expected.
     """
+    return _validate(features, pids, camids, modalities, paths, source)[0]
+
+
+def _row_sumsq(features: np.ndarray) -> np.ndarray:
+    """[N] float64 sum of squares of each row (of a 2-D float array): the squared L2 norms."""
+    return np.einsum("ij,ij->i", features, features, dtype=np.float64)
+
+
+def _validate(
+    features: np.ndarray,
+    pids: np.ndarray,
+    camids: np.ndarray,
+    modalities: np.ndarray,
+    paths: np.ndarray,
+    source: str,
+) -> tuple[FeatureSet, np.ndarray]:
+    """:func:`validate_features`, and the rows' squared norms in the order given (one pass over the features serves
+    the finiteness check here and the zero-row check of :func:`check_feature_rows`)."""
     features = np.asarray(features)
     if features.dtype.kind != "f":
         raise FeaturesError(
@@ -105,7 +123,11 @@ def validate_features(
     if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
         raise FeaturesError(f"{source}: 'features' must be a non-empty 2-D array [N, D], got shape {features.shape}")
     n = features.shape[0]
-    bad = ~np.isfinite(features).all(axis=1)
+    sumsq = _row_sumsq(features)  # finite exactly when the row is, unless float64 squares overflow: recheck those
+    bad = ~np.isfinite(sumsq)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        bad[rows] = ~np.isfinite(features[rows]).all(axis=1)
     if bad.any():
         first = int(np.argmax(bad))
         raise FeaturesError(
@@ -146,10 +168,11 @@ def validate_features(
         raise FeaturesError(
             f"{source}: path '{sp[1:][dup][0]}' appears more than once; each image must have exactly one row"
         )
-    return FeatureSet(
+    fs = FeatureSet(
         np.ascontiguousarray(features[order], dtype=np.float32),
         pids[order], camids[order], modalities[order], sp, source,
     )
+    return fs, sumsq
 
 
 def check_feature_rows(features: np.ndarray, source: str = "<memory>", what: str = "'features'", *,
@@ -166,7 +189,12 @@ def check_feature_rows(features: np.ndarray, source: str = "<memory>", what: str
     f = np.asarray(features)
     if f.ndim != 2 or f.shape[0] == 0:
         return
-    norms = np.sqrt(np.einsum("ij,ij->i", f, f, dtype=np.float64))
+    _check_rows(f, _row_sumsq(f), source, what, identical)
+
+
+def _check_rows(f: np.ndarray, sumsq: np.ndarray, source: str, what: str, identical: bool) -> None:
+    """:func:`check_feature_rows` of a 2-D array with its rows' squared norms (:func:`_row_sumsq`)."""
+    norms = np.sqrt(sumsq)
     zero = ~(norms > ZERO_NORM)
     if zero.any():
         raise FeaturesError(
@@ -230,8 +258,8 @@ def load_features(path: str | Path) -> FeatureSet:
                     f"{src}: '{k}' is stored as Python objects ({exc}); store plain arrays, e.g. "
                     f"np.asarray({k}, dtype={'str' if k == 'paths' else 'np.int64'})"
                 ) from None
-    fs = validate_features(source=src, **arrays)
-    check_feature_rows(arrays["features"], src, identical=False)  # file row order: "row i" is the file's row i
+    fs, sumsq = _validate(source=src, **arrays)
+    _check_rows(arrays["features"], sumsq, src, "'features'", identical=False)  # "row i": the file's row i
     return fs
 
 

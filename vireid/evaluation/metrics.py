@@ -41,7 +41,10 @@ union row once -- int64 keys ``distance bits << b | tie rank`` -- instead of onc
 ranks from running sums of packed per-trial membership counters along the sorted row. The tie rank is one order of
 the union columns that agrees, on entries of different identities, with every trial's own gallery order (the
 trial's stable tie-break); swapping equally distant entries of one identity changes no metric, so the result is the
-per-trial definition exactly. When no such order exists it evaluates trial by trial.
+per-trial definition exactly. When no such order exists it evaluates trial by trial. Small galleries (SYSU-MM01
+single-shot, LLCM, RegDB) go the blocked path instead of the per-trial one: blocks of query rows, every trial of a
+block at once -- each trial's gallery laid out as a grid of identities, its int32 distance keys sorted, the matches
+found by binary search, exact ties recounted with the gallery positions: the per-trial numbers, to the bit.
 
 Max rank: the CMC curve always has ``max_rank`` entries. When the gallery (or, identity-level, the number of
 distinct gallery identities) is shorter than ``max_rank``, the curve is padded with its last value -- a query found
@@ -54,8 +57,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Union
 
 import numpy as np
 
@@ -159,6 +163,34 @@ def _num_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def progress_bar(iterable: Any, **kwargs: Any) -> Any:
+    """``tqdm(iterable, leave=False, disable=None, **kwargs)``: a progress bar where stderr is a terminal.
+
+    Elsewhere tqdm would disable itself (``disable=None``) and only pass the items through; then the iterable is
+    returned as is, without importing tqdm (tens of milliseconds of a short command).
+    """
+    stream = sys.stderr
+    if hasattr(stream, "isatty") and not stream.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, leave=False, disable=None, **kwargs)
+
+
+def _run_blocks(block: Callable[[int], None], starts: range, progress: bool) -> None:
+    """``block(a)`` for every start of a block of rows, in parallel threads (NumPy releases the GIL).
+
+    Each block runs in a copy of the caller's context, so the caller's ``np.errstate`` holds in the threads too.
+    """
+    workers = max(1, min(_num_threads(), len(starts)))
+    with ThreadPoolExecutor(workers) as pool:
+        done: Any = pool.map(lambda ctx_a: ctx_a[0].run(block, ctx_a[1]), [(copy_context(), a) for a in starts])
+        if progress:
+            done = progress_bar(done, total=len(starts), desc="query blocks", unit="block")
+        for _ in done:
+            pass
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # distances
 
@@ -205,18 +237,35 @@ def feature_distance_fn(
     for name, f in (("query", qf), ("gallery", gf)):
         finite = np.isfinite(f).all(1)
         if not finite.all():
-            raise FeaturesError(f"{name} features have NaN or infinite values in {int((~finite).sum())} rows; "
-                                "expected finite numbers")
+            _raise_nonfinite(name, int((~finite).sum()))
     if normalize:
         qf, gf = l2_normalize(qf), l2_normalize(gf)
         qsq = gsq = None
     else:
         qsq, gsq = np.einsum("ij,ij->i", qf, qf), np.einsum("ij,ij->i", gf, gf)
+    return _distance_chunks(qf, gf, qsq, gsq)
+
+
+def _raise_nonfinite(name: str, rows: int) -> NoReturn:
+    raise FeaturesError(f"{name} features have NaN or infinite values in {rows} rows; expected finite numbers")
+
+
+def _distance_chunks(qf: np.ndarray, gf: np.ndarray, qsq: np.ndarray | None, gsq: np.ndarray | None,
+                     sim: np.ndarray | None = None) -> DistanceChunkFn:
+    """The NumPy chunk callable of :func:`feature_distance_fn` for checked float32 features: with the rows'
+    squared norms ``sqrt(max(qsq + gsq - 2 q.g, 0))``, without them (unit rows) ``sqrt(max(2 - 2 q.g, 0))``.
+
+    ``sim``: the whole ``qf @ gf.T``, computed once by the caller (one BLAS call for all rows); a chunk then reads
+    its rows of it (the same bits: BLAS computes every row block of a product alike) into a fresh array.
+    """
     gt = gf.T  # a view: BLAS reads it transposed, no copy
 
     def chunk(start: int, stop: int) -> np.ndarray:
-        d = qf[start:stop] @ gt
-        d *= np.float32(-2.0)
+        if sim is None:
+            d = qf[start:stop] @ gt
+            d *= np.float32(-2.0)
+        else:
+            d = np.multiply(sim[start:stop], np.float32(-2.0))
         if qsq is None or gsq is None:
             d += np.float32(2.0)
         else:
@@ -229,6 +278,51 @@ def feature_distance_fn(
     # fresh, finite (features are checked above), >= +0.0 arrays: evaluate_ranking may skip its checks
     chunk.fresh_finite = True  # type: ignore[attr-defined]
     return chunk
+
+
+def unit_rows(x: np.ndarray, rows: np.ndarray, eps: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """``l2_normalize(x[rows])`` bit for bit, and its rows' float32 squared norms ``einsum("ij,ij->i")`` (NaN or inf
+    exactly for the rows that are not finite), computed by blocks of rows that stay in cache, in parallel threads.
+
+    ``x``: a C-contiguous float32 [N, D] array; ``rows``: [n] row indices.
+    """
+    rows = np.asarray(rows, dtype=np.intp)
+    n, dim = rows.size, x.shape[1]
+    out = np.empty((n, dim), dtype=np.float32)
+    sq = np.empty(n, dtype=np.float32)
+    step = max(1, 2**20 // max(4 * dim, 1))  # blocks of ~1 MB
+
+    def block(a: int) -> None:
+        b = min(n, a + step)
+        blk = out[a:b]
+        np.take(x, rows[a:b], axis=0, out=blk)
+        # the per-row reductions do not depend on the other rows of the block: the same bits as on the whole array
+        np.divide(blk, np.maximum(np.linalg.norm(blk, axis=1, keepdims=True), np.float32(eps)), out=blk)
+        sq[a:b] = np.einsum("ij,ij->i", blk, blk)
+
+    _run_blocks(block, range(0, n, step), progress=False)
+    return out, sq
+
+
+def feature_rows_distance_fn(features: np.ndarray, query_rows: np.ndarray, gallery_rows: np.ndarray
+                             ) -> DistanceChunkFn:
+    """``feature_distance_fn(l2_normalize(features[query_rows]), l2_normalize(features[gallery_rows]),
+    normalize=False)`` bit for bit (NumPy, float32 C-contiguous ``features``), gathering, normalising and checking
+    the rows in one pass over them (:func:`unit_rows`). Unlike :func:`feature_distance_fn` it computes all the
+    [Q, G] products at once (one BLAS call, float32): for callers that evaluate the whole matrix anyway.
+
+    Raises:
+        FeaturesError: NaN or infinite values, with the same message as :func:`feature_distance_fn`.
+    """
+    qf, qsq = unit_rows(features, query_rows)
+    gf, gsq = unit_rows(features, gallery_rows)
+    for name, sq in (("query", qsq), ("gallery", gsq)):
+        bad = ~np.isfinite(sq)  # a row's squared norm is finite exactly when the (unit) row is
+        if bad.any():
+            _raise_nonfinite(name, int(bad.sum()))
+    # the products once, with every BLAS thread; chunks (blocks of queries evaluated in parallel threads) turn their
+    # rows into distances where they are used
+    return _distance_chunks(qf, gf, qsq, gsq, sim=qf @ gf.T)
 
 
 def pairwise_distance(
@@ -584,7 +678,7 @@ def _result(rank: np.ndarray, ap: np.ndarray, inp: np.ndarray, *, cmc: str, inva
 # ----------------------------------------------------------------------------------------------------------------
 # several trials with the same queries (SYSU-MM01 / LLCM: 10 galleries drawn from one test pool)
 
-TrialMethod = Literal["auto", "union", "per-trial"]
+TrialMethod = Literal["auto", "union", "blocked", "per-trial"]
 _INF_KEY = 0xFF800000  # key32 of float32 +inf: removed entries sort after every finite distance
 _PAD_KEY = 0xFFFFFFFF  # above +inf: the key of a padding "match", after everything in its row
 
@@ -770,6 +864,138 @@ def _rows_union(d: np.ndarray, removed: np.ndarray | None, q_idx: np.ndarray, ta
             np.where(valid, inp, np.nan))
 
 
+_ORDER_INF = 0x7F800000  # int32 order key of float32 +inf: removed entries rank after every finite distance
+_ORDER_PAD = 0x7F800001  # above +inf: the padding slots of the blocked layout
+
+
+@dataclass
+class _BlockTables:
+    """Per-call lookups of the blocked path (:func:`_rows_blocked`), NumPy arrays.
+
+    Every trial's gallery is laid out as a [P, n] grid: identity groups (ascending identity) along n, the entries of
+    a group in the trial's gallery order along P, empty slots padded with the sentinel column U. All trials share the
+    largest (P, n), so a block of query rows is gathered once into a [c, T, P, n] array.
+    """
+
+    columns: np.ndarray  # [T * P * n] union column of each slot, U for padding
+    position: np.ndarray  # [T, P, n] position of each slot in its trial's gallery order (0 for padding)
+    shape: tuple[int, int, int]  # (T, P, n)
+    most: list[tuple[int, np.ndarray]]  # (M, trials): the trials whose identities have at most M entries, M exactly
+    group: np.ndarray  # [n_ids + 1, T] group of each identity index in each trial, -1 absent (last row: unknown id)
+    pos_bits: int  # bits of a gallery position in the exact (order << pos_bits | position) keys
+    g_key: np.ndarray | None  # [U] removal keys (as small integer codes), or None when nothing can be removed
+
+
+def _block_tables(trial_columns: Sequence[np.ndarray], g_idx: np.ndarray, n_ids: int, g_key: np.ndarray | None
+                  ) -> _BlockTables:
+    U, T = g_idx.shape[0], len(trial_columns)
+    group_of = np.full((n_ids + 1, T), -1, dtype=np.int64)
+    parts = []
+    for t, cols in enumerate(trial_columns):
+        gi = g_idx[cols]
+        order = np.argsort(gi, kind="stable")  # by identity, each identity's entries in gallery order
+        ids, start, counts = np.unique(gi[order], return_index=True, return_counts=True)
+        group = np.repeat(np.arange(ids.size), counts)
+        slot = np.arange(cols.size) - np.repeat(start, counts)
+        group_of[ids, t] = np.arange(ids.size)
+        parts.append((cols[order], order, slot, group))
+    P = max(int(slot.max()) + 1 for _, _, slot, _ in parts)
+    n = max(int(group.max()) + 1 for _, _, _, group in parts)
+    columns = np.full((T, P, n), U, dtype=np.int64)
+    position = np.zeros((T, P, n), dtype=np.int64)
+    for t, (cols, order, slot, group) in enumerate(parts):
+        columns[t, slot, group] = cols
+        position[t, slot, group] = order
+    pos_bits = max(int(max(c.size for c in trial_columns)).bit_length(), 1)
+    per_trial_most = np.array([int(slot.max()) + 1 for _, _, slot, _ in parts])
+    most = [(m, np.flatnonzero(per_trial_most == m)) for m in sorted(set(per_trial_most.tolist()))]
+    return _BlockTables(columns.reshape(-1), position, (T, P, n), most, group_of, pos_bits, g_key)
+
+
+def _rows_blocked(d: np.ndarray, q_keys: np.ndarray | None, q_idx: np.ndarray, tab: _BlockTables,
+                  need_identity: bool, nonnegative: bool) -> RowMetrics:
+    """First-match rank, identity rank, AP, INP ([c, T] each) of a block of query rows in every trial.
+
+    The distances become int32 order keys once per block (the float32 bits, negative values counting down, -0.0 as
+    +0.0, removed entries +inf), gathered into every trial's [P, n] grid. Per (row, trial): the query identity's
+    entries are the matches; the sorted grid gives each match the number of entries with a smaller key (a binary
+    search); the identity rank is the number of other groups whose smallest key is below the first
+    match's. Both are the stable-order definitions whenever no other entry has a match's distance; the few (row,
+    trial) pairs with such a tie are recounted with exact keys ``order << pos_bits | gallery position``.
+    """
+    c, U = d.shape
+    T, P, n = tab.shape
+    L = P * n
+    B = np.empty((c, U + 1), dtype=np.int32)
+    body = B[:, :U]
+    np.add(d, np.float32(0.0), out=body.view(np.float32))  # -0.0 becomes +0.0 (ties with 0.0, as in a stable sort)
+    if not nonnegative and body.size and body.min() < 0:  # negative values: count down from -1, in order
+        np.bitwise_xor(body, 0x7FFFFFFF, out=body, where=body < 0)
+    if tab.g_key is not None:
+        assert q_keys is not None
+        np.copyto(body, np.int32(_ORDER_INF), where=q_keys[:, None] == tab.g_key[None, :])
+    B[:, U] = _ORDER_PAD
+    K = B.take(tab.columns, axis=1).reshape(c, T, P, n)
+    grp = tab.group[q_idx]  # [c, T]
+    absent = grp < 0
+    own = np.take_along_axis(K, np.maximum(grp, 0)[:, :, None, None], 3)[..., 0]  # [c, T, P] the query id's entries
+    own[absent] = _ORDER_PAD
+    own.sort(axis=2)
+    ok = own < _ORDER_INF  # kept matches, ascending
+    num = ok.sum(2)
+    kmax = max(int(num.max()) if num.size else 0, 1)
+    tk = own[:, :, :kmax]
+    ok = ok[:, :, :kmax]
+    id_rank = None
+    if need_identity:
+        id_rank = np.count_nonzero(K.min(axis=2) < own[:, :, :1], axis=2)  # other groups met before the first match
+    srt = K.reshape(c * T, L)
+    srt.sort(axis=1)  # in place: K is not needed unsorted any more (the tie recount reads B)
+    flat = srt.reshape(-1)
+    flat_t = tk.reshape(c * T, kmax)
+    base = np.arange(c * T, dtype=np.int64)[:, None] * L
+    lo = np.zeros(flat_t.shape, dtype=np.int64)  # lower bound of each match in its sorted row, bit by bit
+    step = 1 << (int(L).bit_length() - 1)
+    while step:
+        idx = lo + (step - 1)
+        inside = idx < L
+        np.minimum(idx, L - 1, out=idx)
+        idx += base
+        inside &= np.take(flat, idx) < flat_t
+        lo += inside * step
+        step >>= 1
+    nxt = np.take(flat, np.minimum(lo + 1, L - 1) + base).reshape(c, T, kmax)
+    rank = lo.reshape(c, T, kmax)
+    tied = ((nxt == tk) & (rank + 1 < L) & ok).any(2)
+    if tied.any():  # another entry has a match's distance: count with the gallery positions
+        rr, tt = np.nonzero(tied)
+        cols = tab.columns.reshape(T, L)[tt]  # [m, L] the grids of the tied (row, trial) pairs, from B
+        keys = np.left_shift(B[rr[:, None], cols], tab.pos_bits, dtype=np.int64).reshape(rr.size, P, n)
+        keys += tab.position[tt]
+        own_k = np.take_along_axis(keys, np.maximum(grp[rr, tt], 0)[:, None, None], 2)[..., 0]
+        own_k.sort(axis=1)
+        rank[rr, tt] = np.count_nonzero(keys.reshape(rr.size, 1, L) < own_k[:, :kmax, None], axis=2)
+        if id_rank is not None:
+            id_rank[rr, tt] = np.count_nonzero(keys.min(axis=1) < own_k[:, :1], axis=1)
+    valid = num > 0
+    # AP: each trial sums as many terms as its identities have entries at most (zeros after the matches), in the
+    # same order -- the per-trial path's sum, to the bit (NumPy's pairwise sum depends on the number of terms)
+    terms = np.zeros((c, T, P))
+    terms[:, :, :kmax] = np.where(ok, np.arange(1, kmax + 1, dtype=np.float64) / (rank + 1), 0.0)
+    if len(tab.most) == 1:
+        ap_sum = terms.sum(2)
+    else:
+        ap_sum = np.empty((c, T))
+        for m, ts in tab.most:
+            ap_sum[:, ts] = terms[:, ts, :m].sum(2)
+    ap = ap_sum / np.maximum(num, 1)
+    last = np.take_along_axis(rank, np.maximum(num - 1, 0)[:, :, None], 2)[..., 0]
+    inp = num / (last + 1)
+    first = rank[:, :, 0]
+    return (np.where(valid, first, -1), np.where(valid, first if id_rank is None else id_rank, -1),
+            np.where(valid, ap, np.nan), np.where(valid, inp, np.nan))
+
+
 def evaluate_trials(
     distances: Any,
     trial_columns: Sequence[np.ndarray],
@@ -794,39 +1020,63 @@ def evaluate_trials(
 
     Args:
         distances: [Q, U] distances of the queries to the union of the trials' galleries (NumPy, or torch: a CPU
-            tensor is read as NumPy, a GPU tensor is evaluated on its device).
+            tensor is read as NumPy, a GPU tensor is evaluated on its device), or a callable ``f(start, stop)``
+            returning rows ``start:stop`` and carrying ``.shape = (Q, U)`` (e.g. :func:`feature_rows_distance_fn`;
+            ``.fresh_finite`` as in :func:`evaluate_ranking`): the blocked path asks it for one block of rows at a
+            time, the other paths for the whole matrix.
         trial_columns: per trial, the columns of ``distances`` that form its gallery, in the trial's gallery order
             (the order breaks distance ties).
         query_pids, gallery_pids: [Q], [U] integer identities.
         query_remove_keys, gallery_remove_keys: [Q], [U] removal keys as in :func:`evaluate_ranking`.
         cmc, invalid_query_quirk, max_rank, memory_budget_mb: as in :func:`evaluate_ranking`.
         method: "union" sorts each query's union row once and reads every trial's ranks from it (the trials overlap,
-            as SYSU-MM01's multi-shot galleries do; NumPy on the CPU); "per-trial" evaluates column selections one by
-            one with :func:`evaluate_ranking`; "auto" picks the union path when a cost model says it is cheaper.
-            "union" falls back to "per-trial" when a trial lists a column twice, no single tie order agrees with
-            every trial's gallery order (see :func:`_tie_ranks`), the distances are float64 (no room in the sort
-            key), or they are a tensor on an accelerator (evaluated there, trial by trial).
+            as SYSU-MM01's multi-shot galleries do; NumPy on the CPU); "blocked" takes blocks of query rows and
+            evaluates every trial of a block at once from the trials' identity grids (:func:`_rows_blocked`; small
+            galleries such as SYSU-MM01's single-shot ones; NumPy on the CPU); "per-trial" evaluates column
+            selections one by one with :func:`evaluate_ranking`; "auto" picks the cheapest by a cost model.
+            "union" falls back to "per-trial" when a trial lists a column twice or no single tie order agrees with
+            every trial's gallery order (see :func:`_tie_ranks`); "union" and "blocked" fall back to "per-trial"
+            when the distances are float64 (no room in the sort key) or a tensor on an accelerator (evaluated
+            there, trial by trial).
         assume_finite: the caller guarantees finite distances >= 0 (e.g. from :func:`feature_distance_fn`): skip
             the check.
-        progress: a progress bar over query chunks (union) or trials (per-trial).
+        progress: a progress bar over query chunks (union, blocked) or trials (per-trial).
         trial_names: how error messages name each trial (default "trial <position>").
 
     Raises:
         FeaturesError: mismatched lengths, columns out of range, an empty trial, NaN distances, or a trial with no
             valid query.
     """
-    if method not in ("auto", "union", "per-trial"):
-        raise ValueError(f"method must be 'auto', 'union' or 'per-trial', got {method!r}")
-    on_accel = is_tensor(distances) and distances.device.type != "cpu"
-    if on_accel:  # stays on its device: evaluated trial by trial in torch there
-        dmat: Any = distances if distances.is_floating_point() else distances.double()
-        if dmat.dtype not in (sys.modules["torch"].float32, sys.modules["torch"].float64):
-            dmat = dmat.float()  # float16/bfloat16 -> float32 is exact: same order, same ties
+    if method not in ("auto", "union", "blocked", "per-trial"):
+        raise ValueError(f"method must be 'auto', 'union', 'blocked' or 'per-trial', got {method!r}")
+    rows_fn: Callable[[int, int], np.ndarray] | None = None  # float32 NumPy rows on demand (the blocked path)
+    Q = U = 0
+    if callable(distances) and not isinstance(distances, np.ndarray) and not is_tensor(distances):
+        shape = getattr(distances, "shape", None)
+        if shape is None:
+            raise TypeError("a distance callable must carry .shape = (num_query, num_gallery)")
+        assume_finite = assume_finite or bool(getattr(distances, "fresh_finite", False))
+        Q, U = int(shape[0]), int(shape[1])
+        probe = distances(0, 1) if method in ("auto", "blocked") and Q and U else None
+        if isinstance(probe, np.ndarray) and probe.dtype == np.float32:
+            rows_fn = distances
+        else:
+            distances = distances(0, Q)
+    on_accel = rows_fn is None and is_tensor(distances) and distances.device.type != "cpu"
+    dmat: Any = None
+    if rows_fn is not None:
+        dtype: Any = np.float32
     else:
-        dmat = _as_float_array(_numpy_of(distances))
-    if dmat.ndim != 2:
-        raise FeaturesError(f"distance matrix must be 2-D [num_query, num_gallery], got shape {tuple(dmat.shape)}")
-    Q, U = dmat.shape
+        if on_accel:  # stays on its device: evaluated trial by trial in torch there
+            dmat = distances if distances.is_floating_point() else distances.double()
+            if dmat.dtype not in (sys.modules["torch"].float32, sys.modules["torch"].float64):
+                dmat = dmat.float()  # float16/bfloat16 -> float32 is exact: same order, same ties
+        else:
+            dmat = _as_float_array(_numpy_of(distances))
+        if dmat.ndim != 2:
+            raise FeaturesError(f"distance matrix must be 2-D [num_query, num_gallery], got shape {tuple(dmat.shape)}")
+        Q, U = dmat.shape
+        dtype = dmat.dtype
     q_pids = _check_ids("query pids", query_pids, Q)
     g_pids = _check_ids("gallery pids", gallery_pids, U)
     q_keys = _check_ids("query removal keys", query_remove_keys, Q)
@@ -844,26 +1094,55 @@ def evaluate_trials(
     if not trials:
         return []
     names = list(trial_names) if trial_names is not None else [f"trial {t}" for t in range(len(trials))]
-    if not assume_finite and not (bool(sys.modules["torch"].isfinite(dmat).all()) if on_accel
-                                  else bool(np.isfinite(dmat).all())):
-        raise FeaturesError("distance matrix has NaN or infinite values; expected finite distances "
-                            "(check the features for NaN/inf)")
+    if dmat is not None and not assume_finite and not (bool(sys.modules["torch"].isfinite(dmat).all()) if on_accel
+                                                       else bool(np.isfinite(dmat).all())):
+        _raise_nonfinite_distances()
     tie_rank = None
-    if method != "per-trial" and len(trials) > 1 and dmat.dtype == np.float32 and U < 2**26:
+    if on_accel or dtype != np.float32 or method == "per-trial":
+        path = "per-trial"  # float64 leaves no room in the int64 keys; a GPU sorts each trial on the device
+    elif method == "auto":
         # cost model from CPU timings (benchmarks/bench_eval.py shapes): the union path costs about U * (1 + L / 4)
         # "per-trial elements" (one int64 sort of the row prefix up to its last match, then a gather and a running
         # sum per lane of packed counters), the per-trial path the sum of the gallery sizes. SYSU-MM01 multi-shot:
         # 6,014 * 1.5 against 30,100 (union); single-shot: 2,395 * 1.5 against 3,010 (per-trial). On a GPU the
-        # per-trial sorts are cheap and stay on the device; the union path is NumPy.
+        # per-trial sorts are cheap and stay on the device; the union path is NumPy. The per-trial numbers are
+        # computed by the blocked path where it is cheaper (see _blocked_pays): the same numbers, to the bit.
         width = max(int(max(c.size for c in trials)).bit_length(), 1)
         lanes = -(-len(trials) // max(64 // width, 1))
-        cheaper = U * (1.0 + 0.25 * lanes) < sum(c.size for c in trials)
-        if method == "union" or cheaper:
+        path = "per-trial"
+        if len(trials) > 1 and U < 2**26 and U * (1.0 + 0.25 * lanes) < sum(c.size for c in trials):
             tie_rank = _tie_ranks(trials, np.unique(g_pids, return_inverse=True)[1].reshape(-1))
-    if tie_rank is None:
+            if tie_rank is not None:
+                path = "union"
+        if path == "per-trial" and _blocked_pays(trials, g_pids, U):
+            path = "blocked"
+    else:
+        path = method
+        if path == "union":
+            tie_rank = _tie_ranks(trials, np.unique(g_pids, return_inverse=True)[1].reshape(-1))
+            if tie_rank is None:
+                path = "per-trial"
+    if path == "blocked":
+        if rows_fn is None:
+            mat: np.ndarray = dmat
+
+            def rows_fn(a: int, b: int) -> np.ndarray:
+                return mat[a:b]
+
+        return _evaluate_blocked(rows_fn, Q, U, trials, names, q_pids, g_pids, q_keys, g_keys, cmc=cmc,
+                                 invalid_query_quirk=invalid_query_quirk, max_rank=max_rank,
+                                 memory_budget_mb=memory_budget_mb, checked=assume_finite or dmat is not None,
+                                 nonnegative=assume_finite, progress=progress)
+    if dmat is None:  # rows on demand, for another path: the whole matrix
+        assert rows_fn is not None
+        dmat = _as_float_array(rows_fn(0, Q))
+        if not assume_finite and not bool(np.isfinite(dmat).all()):
+            _raise_nonfinite_distances()
+    if path == "per-trial":
         return _per_trial(dmat, trials, names, q_pids, g_pids, q_keys, g_keys, cmc=cmc,
                           invalid_query_quirk=invalid_query_quirk, max_rank=max_rank,
                           memory_budget_mb=memory_budget_mb, assume_finite=assume_finite, progress=progress)
+    assert tie_rank is not None
 
     tab = _union_tables(trials, tie_rank, g_pids, g_keys, q_keys)
     d_np = dmat
@@ -884,16 +1163,78 @@ def evaluate_trials(
         for dst, src in zip(out, res):
             dst[a:b] = src
 
-    starts = range(0, Q, chunk)
-    workers = max(1, min(_num_threads(), len(starts)))
-    with ThreadPoolExecutor(workers) as pool:  # NumPy releases the GIL: blocks run in parallel
-        done: Any = pool.map(block, starts)
-        if progress:
-            from tqdm import tqdm
+    _run_blocks(block, range(0, Q, chunk), progress)
+    first, id_rank, ap, inp = out
+    rank = id_rank if cmc == "identity" else first
+    return [_result(rank[:, t].copy(), ap[:, t].copy(), inp[:, t].copy(), cmc=cmc,
+                    invalid_query_quirk=invalid_query_quirk, max_rank=max_rank, num_gallery=int(cols.size),
+                    where=f"{names[t]}: ") for t, cols in enumerate(trials)]
 
-            done = tqdm(done, total=len(starts), desc="query blocks", unit="block", leave=False, disable=None)
-        for _ in done:
-            pass
+
+def _blocked_pays(trials: Sequence[np.ndarray], g_pids: np.ndarray, U: int) -> bool:
+    """Whether the blocked path is cheaper than the per-trial one (CPU timings, benchmarks/bench_eval.py shapes).
+
+    It gathers each query's union row (U columns) into every trial's padded identity grid (P entries of n
+    identities) and sorts the grids. Measured 2-3x faster than the per-trial path (SYSU-MM01 single-shot, LLCM,
+    RegDB), as fast on SYSU-MM01 10-shot galleries; it pays while the padding at most doubles the gallery entries
+    and the union is not much wider than the trials' galleries together.
+    """
+    g_idx = np.unique(g_pids, return_inverse=True)[1].reshape(-1)
+    P = n = 0
+    for cols in trials:
+        counts = np.bincount(g_idx[cols])
+        P, n = max(P, int(counts.max())), max(n, int(np.count_nonzero(counts)))
+    total = sum(c.size for c in trials)
+    return len(trials) * P * n <= 2 * total and U <= 4 * total
+
+
+def _raise_nonfinite_distances() -> NoReturn:
+    raise FeaturesError("distance matrix has NaN or infinite values; expected finite distances "
+                        "(check the features for NaN/inf)")
+
+
+def _evaluate_blocked(rows_fn: Callable[[int, int], np.ndarray], Q: int, U: int, trials: list[np.ndarray],
+                      names: list[str], q_pids: np.ndarray, g_pids: np.ndarray, q_keys: np.ndarray | None,
+                      g_keys: np.ndarray | None, *, cmc: CmcKind, invalid_query_quirk: bool, max_rank: int,
+                      memory_budget_mb: float, checked: bool, nonnegative: bool, progress: bool
+                      ) -> list[RankingResult]:
+    """:func:`evaluate_trials` by blocks of query rows, every trial of a block at once (:func:`_rows_blocked`).
+
+    ``rows_fn(a, b)``: float32 distance rows a..b-1 (a block is computed where it is evaluated, e.g. from features);
+    ``checked``: they are known to be finite (else each block is checked); ``nonnegative``: known to be >= 0.
+    """
+    uniq, g_idx = np.unique(g_pids, return_inverse=True)
+    g_idx = g_idx.reshape(-1)
+    g_key = q_code = None
+    if g_keys is not None and q_keys is not None and np.isin(g_keys, q_keys).any():
+        # the keys as the smallest integers that keep them apart: the per-block comparison reads less memory
+        codes = np.unique(np.concatenate([q_keys, g_keys]), return_inverse=True)[1].reshape(-1)
+        small = next(t for t in (np.int8, np.int16, np.int32, np.int64) if codes.max() <= np.iinfo(t).max)
+        q_code, g_key = codes[:Q].astype(small), codes[Q:].astype(small)
+    tab = _block_tables(trials, g_idx, len(uniq), g_key)
+    T, P, n = tab.shape
+    pos_in = np.clip(np.searchsorted(uniq, q_pids), 0, len(uniq) - 1)
+    q_idx_all = np.where(uniq[pos_in] == q_pids, pos_in, -1).astype(np.int64)
+    bytes_per_row = 4 * (U + 1) + 12 * T * P * n + 64
+    # blocks of ~32 MB (measured faster than smaller ones: fewer NumPy calls), at least two per thread
+    per_thread = -(-Q // (2 * _num_threads()))
+    chunk = max(1, min(per_thread, int(memory_budget_mb * 2**20 // bytes_per_row), max(16, 2**25 // bytes_per_row)))
+    out = [np.empty((Q, T), np.int64), np.empty((Q, T), np.int64), np.empty((Q, T)), np.empty((Q, T))]
+
+    def block(a: int) -> None:
+        b = min(Q, a + chunk)
+        d = rows_fn(a, b)
+        if d.shape != (b - a, U) or d.dtype != np.float32:
+            raise FeaturesError(f"distance rows {a}:{b} have shape {tuple(d.shape)} and dtype {d.dtype}, expected "
+                                f"{(b - a, U)} float32")
+        if not checked and not bool(np.isfinite(d).all()):
+            _raise_nonfinite_distances()
+        res = _rows_blocked(d, None if q_code is None else q_code[a:b], q_idx_all[a:b], tab,
+                            need_identity=(cmc == "identity"), nonnegative=nonnegative)
+        for dst, src in zip(out, res):
+            dst[a:b] = src
+
+    _run_blocks(block, range(0, Q, chunk), progress)
     first, id_rank, ap, inp = out
     rank = id_rank if cmc == "identity" else first
     return [_result(rank[:, t].copy(), ap[:, t].copy(), inp[:, t].copy(), cmc=cmc,
@@ -907,11 +1248,7 @@ def _per_trial(dmat: Any, trials: list[np.ndarray], names: list[str], q_pids: np
                progress: bool) -> list[RankingResult]:
     """:func:`evaluate_trials` one trial at a time: :func:`evaluate_ranking` on streamed column selections."""
     Q = dmat.shape[0]
-    seq: Any = trials
-    if progress:
-        from tqdm import tqdm
-
-        seq = tqdm(trials, desc="trials", unit="trial", leave=False, disable=None)
+    seq: Any = progress_bar(trials, desc="trials", unit="trial") if progress else trials
     results = []
     for t, cols_np in enumerate(seq):
         if isinstance(dmat, np.ndarray):

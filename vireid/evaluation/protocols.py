@@ -45,8 +45,11 @@ from vireid.evaluation.metrics import (
     evaluate_ranking,
     evaluate_trials,
     feature_distance_fn,
+    feature_rows_distance_fn,
     l2_normalize,
     pair_keys,
+    progress_bar,
+    unit_rows,
 )
 
 PROTOCOLS = ("sysu", "sysu-official", "regdb", "sysu-mm02", "llcm")
@@ -199,11 +202,14 @@ def check_pool_paths(pool: PoolLike, protocol: str) -> None:
     def fail(i: int, why: str) -> NoReturn:
         raise FeaturesError(f"{src}: row path '{pool.paths[i]}' {why}; is --protocol {protocol} the right one?")
 
-    for i, p in enumerate(pool.paths.tolist()):
+    # Python ints and strings up front: indexing the NumPy columns row by row costs more than the checks
+    columns = zip(np.asarray(pool.camids).tolist(), np.asarray(pool.modalities).tolist(),
+                  np.asarray(pool.pids).tolist())
+    for i, (p, (cam, mod, pid)) in enumerate(zip(pool.paths.tolist(), columns)):
         m = rx.match(p)
         if m is None:
             fail(i, f"is not a {ds} test image path (expected {expected}, relative to the {ds} root)")
-        cam, mod, pid = int(pool.camids[i]), int(pool.modalities[i]), int(pool.pids[i])
+        cam, mod, pid = int(cam), int(mod), int(pid)
         if key == "sysu":
             k = int(m.group(1))
             if cam != k:
@@ -239,11 +245,12 @@ def check_pool_paths(pool: PoolLike, protocol: str) -> None:
 def _groups(pool: PoolLike, rows: np.ndarray | None = None) -> dict[tuple[int, int, int], list[int]]:
     """(modality, camid, pid) -> pool rows, each list sorted by path (the reference's sorted folder listing)."""
     out: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+    mods, cams, pids = (np.asarray(c).tolist() for c in (pool.modalities, pool.camids, pool.pids))
     idx = range(len(pool.paths)) if rows is None else rows.tolist()
     for i in idx:
-        out[(int(pool.modalities[i]), int(pool.camids[i]), int(pool.pids[i]))].append(i)
-    paths = pool.paths
-    return {k: sorted(v, key=lambda r: paths[r]) for k, v in out.items()}
+        out[(int(mods[i]), int(cams[i]), int(pids[i]))].append(i)
+    paths = pool.paths.tolist()
+    return {k: sorted(v, key=paths.__getitem__) for k, v in out.items()}
 
 
 def _test_ids(pool: PoolLike, test_ids: Sequence[int] | None) -> list[int]:
@@ -261,9 +268,12 @@ def _test_ids(pool: PoolLike, test_ids: Sequence[int] | None) -> list[int]:
     return ids
 
 
-def _draw_gallery(groups: dict[tuple[int, int, int], list[int]], paths: np.ndarray, modality: int,
+def _draw_gallery(groups: dict[tuple[int, int, int], list[int]], paths: Sequence[str], modality: int,
                   ids: list[int], cams: Sequence[int], seed: int) -> np.ndarray:
-    """``random.seed(seed)``; per id (ascending, as zero-padded strings) and camera with images: one random.choice."""
+    """``random.seed(seed)``; per id (ascending, as zero-padded strings) and camera with images: one random.choice.
+
+    ``paths``: the pool's paths as a list of str (``pool.paths.tolist()``).
+    """
     random.seed(seed)
     out: list[int] = []
     for pid in sorted(ids, key=lambda p: f"{p:04d}"):
@@ -271,7 +281,7 @@ def _draw_gallery(groups: dict[tuple[int, int, int], list[int]], paths: np.ndarr
             rows = groups.get((modality, cam, pid))
             if not rows:
                 continue  # a missing folder consumes no draw
-            files = [str(paths[r]) for r in rows]  # rows are sorted by path: the sorted folder listing
+            files = [paths[r] for r in rows]  # rows are sorted by path: the sorted folder listing
             out.append(rows[files.index(random.choice(files))])
     return np.asarray(out, dtype=np.int64)
 
@@ -302,7 +312,8 @@ def sysu_agw(pool: PoolLike, mode: str = "all", trials: int = 10, test_ids: Sequ
     if query.size == 0:
         raise FeaturesError(f"{getattr(pool, 'source', '<records>')}: no IR (cam3/cam6) image of the test ids: "
                             "no query to evaluate")
-    plan_trials = [Trial(t, query, _draw_gallery(groups, pool.paths, 0, ids, SYSU_RGB_CAMS[mode], t))
+    paths = pool.paths.tolist()
+    plan_trials = [Trial(t, query, _draw_gallery(groups, paths, 0, ids, SYSU_RGB_CAMS[mode], t))
                    for t in range(trials)]
     cam = pool.camids
     return ProtocolPlan(
@@ -448,7 +459,8 @@ def llcm(pool: PoolLike, direction: str = "v2i", trials: int = 10, test_ids: Seq
     if query.size == 0:
         raise FeaturesError(f"{getattr(pool, 'source', '<records>')}: no {'visible' if qmod == 0 else 'infrared'} "
                             "image in the pool: no query to evaluate")
-    plan_trials = [Trial(t, query, _draw_gallery(groups, pool.paths, 1 - qmod, ids, LLCM_CAMS, t))
+    paths = pool.paths.tolist()
+    plan_trials = [Trial(t, query, _draw_gallery(groups, paths, 1 - qmod, ids, LLCM_CAMS, t))
                    for t in range(trials)]
     keys = _same_pid_cam_keys(pool)
     return ProtocolPlan("llcm", plan_trials, pool.pids.astype(np.int64), keys, keys, cmc="identity",
@@ -598,7 +610,8 @@ def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool 
     Features are L2-normalised, distances are Euclidean. When every trial of a direction has the same queries (all
     protocols here) the query x (union of all trial galleries) distances are computed once -- if that matrix fits in
     ``memory_budget_mb`` -- and :func:`vireid.evaluation.metrics.evaluate_trials` evaluates every trial from it
-    (``trial_method``: "auto", "union" = one sort of each query's union row for all trials, or "per-trial");
+    (``trial_method``: "auto", "union" = one sort of each query's union row for all trials, "blocked" = blocks of
+    queries with every trial at once, or "per-trial");
     otherwise each trial streams its distances in chunks. A plan with both directions is evaluated direction by
     direction; the result's :meth:`ProtocolResult.by_direction` and ``summary()`` key them by direction.
 
@@ -611,8 +624,8 @@ def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool 
     ``device``: None or "cpu" computes with NumPy (torch is not imported); "cuda" (or another torch device) computes
     distances and metrics in torch there. Re-ranking runs its sparse steps on the CPU either way.
     """
-    if trial_method not in ("auto", "union", "per-trial"):
-        raise ValueError(f"trial_method must be 'auto', 'union' or 'per-trial', got {trial_method!r}")
+    if trial_method not in ("auto", "union", "blocked", "per-trial"):
+        raise ValueError(f"trial_method must be 'auto', 'union', 'blocked' or 'per-trial', got {trial_method!r}")
     if rerank_precision not in RERANK_PRECISIONS:
         raise FeaturesError(f"unknown re-ranking precision {rerank_precision!r}; expected one of "
                             f"{', '.join(RERANK_PRECISIONS)}")
@@ -634,7 +647,7 @@ def evaluate_protocol(features: np.ndarray, plan: ProtocolPlan, *, rerank: bool 
             return on_device[torch.from_numpy(idx).to(on_device.device)]
     else:
         def rows(idx: np.ndarray) -> Any:  # L2 is per row: normalise only the rows a trial uses
-            return l2_normalize(raw[idx])
+            return unit_rows(raw, idx)[0]
 
     by_trial: dict[int, Any] = {}
     for direction in plan.directions:
@@ -655,11 +668,16 @@ def _evaluate_one_direction(raw: np.ndarray, rows: Any, plan: ProtocolPlan, *, r
     same_queries = all(np.array_equal(t.query, plan.trials[0].query) for t in plan.trials)
     if same_queries and not rerank:
         query = plan.trials[0].query
-        union = np.unique(np.concatenate([t.gallery for t in plan.trials]))
+        union = np.flatnonzero(np.bincount(np.concatenate([t.gallery for t in plan.trials])))  # sorted distinct rows
         if query.size * union.size * 4 <= memory_budget_mb * 2**20:
-            fn = feature_distance_fn(rows(query), rows(union), normalize=False, device=device)
+            if device is None or str(device).split(":")[0] == "cpu":
+                # distance rows on demand: the blocked path computes each block of queries where it evaluates it
+                union_dist: Any = feature_rows_distance_fn(raw, query, union)
+            else:
+                fn = feature_distance_fn(rows(query), rows(union), normalize=False, device=device)
+                union_dist = fn(0, query.size)
             return evaluate_trials(
-                fn(0, query.size), [np.searchsorted(union, t.gallery) for t in plan.trials],
+                union_dist, [np.searchsorted(union, t.gallery) for t in plan.trials],
                 plan.pids[query], plan.pids[union], plan.query_remove_keys[query], plan.gallery_remove_keys[union],
                 cmc=plan.cmc, invalid_query_quirk=plan.invalid_query_quirk,  # type: ignore[arg-type]
                 memory_budget_mb=memory_budget_mb, method=trial_method,  # type: ignore[arg-type]
@@ -668,11 +686,7 @@ def _evaluate_one_direction(raw: np.ndarray, rows: Any, plan: ProtocolPlan, *, r
             )
 
     results = []
-    trials: Any = plan.trials
-    if progress:
-        from tqdm import tqdm
-
-        trials = tqdm(trials, desc=f"{plan.protocol} trials", unit="trial", leave=False, disable=None)
+    trials: Any = progress_bar(plan.trials, desc=f"{plan.protocol} trials", unit="trial") if progress else plan.trials
     for trial in trials:
         q, g = trial.query, trial.gallery
         if rerank:
