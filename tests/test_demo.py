@@ -19,11 +19,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
-def demo(out: Path) -> subprocess.CompletedProcess:
+def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="2")
     env.setdefault("VIREID_CACHE", str(out / "cache"))
     return subprocess.run([sys.executable, "-m", "vireid", "demo", "--out", str(out), "--ids", "30", "--epochs", "2",
-                           "--device", "cpu", "--quiet"], capture_output=True, text=True, env=env, cwd=REPO,
+                           "--device", "cpu", "--quiet", *extra], capture_output=True, text=True, env=env, cwd=REPO,
                           timeout=900)
 
 
@@ -90,6 +90,16 @@ def test_demo_writes_a_sane_report_and_reuses_its_dataset(tmp_path):
     # same seed, same data, same CPU: the same numbers
     assert again["trained"]["rank1"] == pytest.approx(res["trained"]["rank1"])
     assert again["untrained"]["rank1"] == pytest.approx(res["untrained"]["rank1"])
+    assert (again["seed"], again["data_seed"]) == (0, 0)
+
+    # --seed changes the run, not the dataset: the same people are tested (numbers comparable across seeds)
+    proc = demo(out, "--seed", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _dataset_files(data_root) == before
+    other = json.loads((report / "results.json").read_text())
+    assert (other["seed"], other["data_seed"]) == (1, 0)
+    assert other["chance_rank1"] == res["chance_rank1"] and other["test_identities"] == res["test_identities"]
+    assert other["untrained"]["mAP"] != res["untrained"]["mAP"]  # another initialisation
 
 
 @pytest.mark.slow
