@@ -19,7 +19,7 @@ from vireid.methods.registry import get_method, method_names, unregister_method
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.height=64", "data.width=32", "data.workers=0", "model.arch=resnet18_half", "model.pretrained=none",
-        "model.non_local=false", "train.device=cpu", "train.threads=2", "eval.trials=2"]
+        "train.device=cpu", "train.threads=2", "eval.trials=2"]
 YAML = {"agw": "configs/agw/sysu.yaml", "caj": "configs/caj/sysu.yaml", "msclnet": "configs/msclnet/sysu.yaml",
         "aml": "configs/aml/synthetic.yaml", "deen": "configs/deen/sysu.yaml", "adca": "configs/adca/sysu.yaml"}
 
@@ -38,6 +38,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 def _cfg(name: str, data: dict[str, Path], out: Path):
     ov = TINY + [f"data.cache_dir={data['cache']}", f"output_dir={out}"]
+    if name != "deen":  # DEEN builds its own network from model.arch / model.pretrained only
+        ov.append("model.non_local=false")
     if name == "aml":
         ov += [f"data.root={data['mm02']}", f"method.source.root={data['market']}", "train.amp=none"]
     elif name == "adca":  # unsupervised on SYSU-MM01's training images, sized for 24 synthetic ids
@@ -107,6 +109,12 @@ def test_a_knob_the_method_does_not_read_is_refused():
         load_config(REPO / "configs/agw/sysu.yaml", ["augment.adaptive_gray=0.5"])
     with pytest.raises(ConfigError, match="sampler section is not used by method aml"):
         load_config(REPO / "configs/aml/sysu_mm02.yaml", ["sampler.num_ids=4"])
+    with pytest.raises(ConfigError, match=r"model.non_local=False is not used by method deen \(it reads model.arch, "
+                                          r"model.pretrained\)"):
+        load_config(REPO / "configs/deen/llcm.yaml", ["model.non_local=false"])
+    with pytest.raises(ConfigError, match=r"model.last_stride=2 is not used by method deen"):
+        load_config(REPO / "configs/deen/sysu.yaml", ["model.last_stride=2"])
+    assert load_config(REPO / "configs/deen/sysu.yaml", ["model.arch=resnet18_half"]).model.arch == "resnet18_half"
     with pytest.raises(ConfigError, match="not a registered method; known: .*agw.*caj"):
         load_config(REPO / "configs/agw/sysu.yaml", ["method.name=nope"])
 

@@ -123,9 +123,11 @@ def method_run(synth: dict[str, Path], base: Path, method: str) -> tuple[Path, d
 
     if method not in _RUNS:
         out = base / method
+        # DEEN reads only model.arch / model.pretrained: the demo's model.non_local=false goes back to its default
+        own = ["model.non_local=true"] if method == "deen" else []
         cfg = load_config(DEMO_YAML, small(synth, out, f"method={LEARNS[method]}", f"train.epochs={EPOCHS}",
                                            f"train.steps_per_epoch={STEPS}", f"train.log_every={LOG_EVERY}",
-                                           "sampler.num_ids=4", "eval.trials=10"))
+                                           "sampler.num_ids=4", "eval.trials=10", *own))
         _RUNS[method] = (out, train(cfg, progress=False))
     return _RUNS[method]
 

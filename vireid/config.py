@@ -70,6 +70,13 @@ class Config:
                 raise ConfigError(f"augment.{f.name}={getattr(self.augment, f.name)!r} is not used by method "
                                   f"{spec.name} (it reads augment.{', augment.'.join(sorted(spec.augment_keys))}); "
                                   "remove it from the config")
+        if spec.model_keys is not None:
+            default_model = ModelConfig()
+            for f in dataclasses.fields(ModelConfig):
+                if f.name not in spec.model_keys and getattr(self.model, f.name) != getattr(default_model, f.name):
+                    raise ConfigError(f"model.{f.name}={getattr(self.model, f.name)!r} is not used by method "
+                                      f"{spec.name} (it reads model.{', model.'.join(sorted(spec.model_keys))}); "
+                                      "remove it from the config")
         if not spec.uses_sampler and self.sampler != SamplerConfig():
             raise ConfigError(f"the sampler section is not used by method {spec.name} (it draws its own batches); "
                               "remove it from the config")

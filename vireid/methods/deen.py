@@ -178,4 +178,4 @@ register_method(MethodSpec(
     "deen", DEENSettings, supervised_plan(build_deen),
     summary="DEEN: MFA blocks + diverse embedding expansion, CPM and orthogonality losses (CVPR 2023)",
     augment_keys=frozenset({"pad", "flip", "erasing", "erasing_area", "erasing_ratio"}),
-    eval_model=eval_deen))
+    model_keys=frozenset({"arch", "pretrained"}), eval_model=eval_deen))

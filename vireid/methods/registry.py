@@ -66,6 +66,8 @@ class MethodSpec:
         augment_keys: the ``augment.*`` knobs it reads; a config that changes any other one from its default is
             refused (the knob would silently do nothing).
         uses_sampler: whether it reads the ``sampler:`` section (False: a changed section is refused).
+        model_keys: the ``model.*`` knobs it reads; None = all of them (it builds its network with
+            :func:`vireid.models.build_model`). A config that changes any other one from its default is refused.
         eval_model: ``eval_model(settings, model_config, num_classes) -> nn.Module`` rebuilds the network a checkpoint
             holds for testing; None = :func:`vireid.models.build_model` from the ``model:`` section.
         checkpoint_dirs: ``checkpoint_dirs(settings) -> [folder, ...]``: the sub-folders of ``output_dir`` its
@@ -78,6 +80,7 @@ class MethodSpec:
     summary: str = ""
     augment_keys: frozenset[str] = frozenset({"pad", "flip"})
     uses_sampler: bool = True
+    model_keys: frozenset[str] | None = None
     eval_model: Callable[[Any, ModelConfig, int], nn.Module] | None = None
     checkpoint_dirs: Callable[[Any], list[str]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
