@@ -281,6 +281,23 @@ def test_non_npz_features_file_gets_our_message(content, what, tmp_path, capsys)
     assert "not a readable .npz file (it is not a zip archive" in line and "pickle" not in line.lower(), line
 
 
+@pytest.mark.parametrize("command", ["evaluate", "calibrate"])
+def test_damaged_npz_member_gets_our_message(command, tmp_path, capsys):
+    """A zip whose member's bytes changed after writing (bad CRC-32) names the damaged array, not a traceback."""
+    good = tmp_path / "good.npz"
+    np.savez(good, features=np.arange(24, dtype=np.float32).reshape(6, 4) + 1, pids=np.arange(6),
+             camids=np.ones(6, np.int64), modalities=np.array([0, 1] * 3),
+             paths=np.array([f"cam1/{i:04d}/0001.jpg" for i in range(6)]))
+    raw = bytearray(good.read_bytes())
+    raw[raw.find(b"features.npy") + 200] ^= 0xFF  # inside the stored features data (np.savez does not compress)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(raw))
+    argv = [command, str(bad)] + (["--protocol", "sysu"] if command == "evaluate" else [])
+    assert main(argv) == 2
+    line = _one_line(capsys)
+    assert f"{bad}: the array 'features' is damaged (Bad CRC-32" in line and "write it again" in line, line
+
+
 def test_npy_file_gets_our_message(tmp_path, capsys):
     np.save(tmp_path / "f.npy", np.zeros((3, 2), np.float32))
     assert main(["calibrate", str(tmp_path / "f.npy")]) == 2

@@ -258,6 +258,9 @@ def load_features(path: str | Path) -> FeatureSet:
                     f"{src}: '{k}' is stored as Python objects ({exc}); store plain arrays, e.g. "
                     f"np.asarray({k}, dtype={'str' if k == 'paths' else 'np.int64'})"
                 ) from None
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:  # a damaged member (bad CRC, truncated data)
+                raise FeaturesError(f"{src}: the array '{k}' is damaged ({exc}); the file was corrupted after it "
+                                    "was written: write it again (vireid extract / vireid test)") from None
     fs, sumsq = _validate(source=src, **arrays)
     _check_rows(arrays["features"], sumsq, src, "'features'", identical=False)  # "row i": the file's row i
     return fs
