@@ -356,3 +356,23 @@ def test_reclusterer_memories_cma_and_resume_by_hand() -> None:
                             device=torch.device("cpu"), extract=extract)
     hook1(1)
     np.testing.assert_allclose(mem.rgb.memory.numpy(), m_rgb, atol=1e-6)
+
+
+def test_the_untrained_model_tested_is_the_one_stage1_starts_from() -> None:
+    """results.json's "untrained" row is ADCA's own initialisation (BNNeck weight ~ N(1, 0.01)), not the generic
+    model: section draw (fast-reid's N(1, 0.02))."""
+    from types import SimpleNamespace
+
+    from vireid.build import model_from_config
+    from vireid.config import load_config
+    from vireid.methods.adca import _build_model, adca_plan
+
+    cfg = load_config(REPO / "configs/adca/sysu.yaml", ["model.arch=resnet18_half", "model.pretrained=none"])
+    ctx = SimpleNamespace(seed=3, model=cfg.model, build_model=lambda n: model_from_config(cfg.model, n))
+    plan = adca_plan(cfg.method, ctx)
+    assert plan.untrained_model is not None
+    untrained, start = plan.untrained_model(), _build_model(cfg.method, ctx)
+    a, b = untrained.state_dict(), start.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    w = untrained.neck.bn.weight.detach()
+    assert abs(float(w.mean()) - 1.0) < 0.005 and 0.007 < float(w.std()) < 0.013  # std 0.01, not 0.02

@@ -162,8 +162,11 @@ def _train_one(cfg: Config, *, resume: bool, progress: bool) -> dict[str, Any]:
         results.update({k: v for k, v in json.loads(results_path.read_text()).items() if k in kept})
     if not single and plan.test_untrained and main and "untrained" not in results:
         # the untrained model on the target test set (the baseline each phase must beat)
-        torch.manual_seed(cfg.seed)
-        untrained = ctx.build_model(0).to(device)
+        if plan.untrained_model is not None:
+            untrained = plan.untrained_model().to(device)
+        else:
+            torch.manual_seed(cfg.seed)
+            untrained = ctx.build_model(0).to(device)
         results["untrained"] = evaluate_on_test_set(untrained, cfg, ds, device, show)[0]
         out.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2))

@@ -377,7 +377,8 @@ def adca_plan(settings: ADCASettings, ctx: RunContext) -> PhasePlan:
         phases.append(Phase("stage2", partial(_stage, settings, True, "stage2"), init="stage1",
                             init_from=_from_stage1, info={"stage": 2}))
     names = [p.name for p in phases]
-    return PhasePlan(phases, test_untrained=True, on_finish=lambda out: plot_clustering(out, names))
+    return PhasePlan(phases, test_untrained=True, untrained_model=partial(_build_model, settings, ctx),
+                     on_finish=lambda out: plot_clustering(out, names))
 
 
 register_method(MethodSpec(

@@ -162,10 +162,13 @@ class Phase:
 @dataclass
 class PhasePlan:
     """A method's phases in order. ``test_untrained`` also tests the untrained model first (multi-phase recipes show
-    what each stage adds); ``on_finish(output_dir)`` runs on rank 0 after the final test (e.g. plots)."""
+    what each stage adds), built by ``untrained_model()`` (None: the ``model:`` section's network drawn with
+    ``torch.manual_seed(seed)``; give the method's own builder when its first phase initialises more than that);
+    ``on_finish(output_dir)`` runs on rank 0 after the final test (e.g. plots)."""
 
     phases: list[Phase]
     test_untrained: bool = False
+    untrained_model: Callable[[], nn.Module] | None = None
     on_finish: Callable[[Path], Any] | None = None
 
 
