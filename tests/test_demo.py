@@ -106,8 +106,9 @@ def test_demo_writes_a_sane_report_and_reuses_its_dataset(tmp_path):
 def test_the_demo_recipe_learns_on_a_shortened_run(tmp_path):
     """The demo recipe as a newcomer runs it (120 identities, seed 0), shortened to 8 epochs so that CI can afford it:
     trained Rank-1 at least 2.5x the untrained model's and 7 points above chance. Measured on torch 2.14.1, 2 CPU
-    threads: 14.40 vs untrained 4.51, chance 4.35 (the full 24-epoch demo: 32.80; README table). A recipe or engine
-    regression that stops the demo from learning fails here (about 3 minutes on 2 idle cores)."""
+    threads: 18.57 (14.40 on another machine) vs untrained 4.51, chance 4.35 (the full 24-epoch demo: 38.00 / 32.80;
+    README table). A recipe or engine regression that stops the demo from learning fails here (about 3 minutes on 2
+    idle cores)."""
     out = tmp_path / "demo"
     env = dict(os.environ, OMP_NUM_THREADS="2", VIREID_CACHE=str(out / "cache"))
     proc = subprocess.run([sys.executable, "-m", "vireid", "demo", "--out", str(out), "--epochs", "8", "--device",
