@@ -189,3 +189,38 @@ def test_a_method_registered_from_outside_the_package_trains_end_to_end(data, tm
     finally:
         unregister_method("ce_only")
         sys.modules.pop("ce_only_method", None)
+
+
+def test_a_checkpoint_whose_config_carries_a_knob_its_method_never_read_still_loads(tmp_path):
+    """A DEEN run written before model.* knobs were refused for DEEN (its config says model.non_local: false, which
+    DEEN never read) is rebuilt from its checkpoint; the same key in a config a user writes is refused."""
+    import yaml
+
+    from vireid.checkpoints import config_of_checkpoint, load_trained_model, model_for_config
+    from vireid.config import without_unread_keys
+    from vireid.engine.checkpoint import make_meta, save_checkpoint
+    from vireid.settings import to_dict
+
+    cfg = load_config(REPO / "configs/deen/sysu.yaml", ["model.arch=resnet18_half", "model.pretrained=none"])
+    stored = to_dict(cfg)
+    stored["model"]["non_local"], stored["model"]["neck"] = False, "none"
+    stored["augment"]["adaptive_gray"] = 0.5  # not a DEEN knob either
+    kept = without_unread_keys(stored)
+    assert kept["model"] == {"arch": "resnet18_half", "pretrained": "none"}
+    assert "adaptive_gray" not in kept["augment"] and kept["augment"]["erasing"] == stored["augment"]["erasing"]
+    assert stored["model"]["non_local"] is False  # the input is not modified
+
+    model = model_for_config(cfg, 5, pretrained="none")
+    text = yaml.safe_dump(stored, sort_keys=False)
+    loaded = config_of_checkpoint({"meta": {"config_yaml": text}}, tmp_path / "old.pt")
+    assert (loaded.method.name, loaded.model.arch, loaded.model.non_local) == ("deen", "resnet18_half", True)
+    assert loaded.method == cfg.method and loaded.augment.adaptive_gray == 0.0
+
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model_state=model.state_dict(),
+                    meta=make_meta(config_yaml=text, dataset="sysu_mm01", method="deen", num_classes=5))
+    rebuilt, _, _ = load_trained_model(path)
+    a, b = model.state_dict(), rebuilt.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="model.non_local=False is not used by method deen"):
+        load_config(REPO / "configs/deen/sysu.yaml", ["model.arch=resnet18_half", "model.non_local=false"])

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from vireid import build
-from vireid.config import Config, from_dict
+from vireid.config import Config, from_dict, without_unread_keys
 from vireid.engine.checkpoint import load_checkpoint, load_model_state
 from vireid.errors import CheckpointError, ConfigError
 from vireid.methods.registry import get_method
@@ -49,7 +49,10 @@ def config_of_checkpoint(ckpt: dict[str, Any], source: Path) -> Config:
     text = ckpt.get("meta", {}).get("config_yaml")
     if not text:
         raise CheckpointError(f"{source}: carries no config (meta.config_yaml); it was not written by vireid train")
-    return from_dict(Config, yaml.safe_load(text), source=f"{source} (embedded config)")
+    data = yaml.safe_load(text)
+    if isinstance(data, dict):
+        data = without_unread_keys(data)  # knobs its method never read (refused only in configs a user writes)
+    return from_dict(Config, data, source=f"{source} (embedded config)")
 
 
 def model_for_config(cfg: Config, num_classes: int, *, pretrained: str | None = None) -> torch.nn.Module:

@@ -82,6 +82,28 @@ class Config:
                               "remove it from the config")
 
 
+def without_unread_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a config mapping) without the ``augment.*`` / ``model.*`` keys its method does not read.
+
+    For configs stored in checkpoints: a run written before a knob was refused for its method (e.g. a DEEN run with
+    ``model.non_local: false``, which DEEN never read) still loads; the key had no effect on its weights. Configs a
+    user writes are validated as they are, so that such a knob is refused there.
+    """
+    method = data.get("method")
+    name = method.get("name", MethodSettings.name) if isinstance(method, dict) else MethodSettings.name
+    if not isinstance(name, str):
+        return data
+    try:
+        spec = get_method(name)
+    except ConfigError:
+        return data  # the normal validation names the unknown method
+    out = dict(data)
+    for section, keys in (("augment", spec.augment_keys), ("model", spec.model_keys)):
+        if keys is not None and isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k in keys}
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config) -> Any:
     """Read a YAML config (or start from defaults when ``path`` is None), apply ``a.b=value`` overrides, validate."""
     raw: dict[str, Any] = {}
