@@ -82,14 +82,28 @@ def test_reference_holds_v_and_jaccard_in_float16() -> None:
         assert close.all() == representable, precision
 
 
+def _agree_up_to_gemm_rounding(a: np.ndarray, b: np.ndarray, precision: str) -> None:
+    """Two re-rankings of the same float features whose distance GEMMs ran in other block shapes. A BLAS may sum a
+    dot product in another order for another shape (OpenBLAS on AVX2 does: ~1% of entries move by 1-2 float32 ulps),
+    so the bits need not match; exact inputs (dyadic features) must match bit for bit (tests below). Allowed: float32
+    ulps everywhere, and in float16 mode a rare flipped float16 rounding (one float16 ulp, < 2e-3 near 1); the
+    ranked lists stay the same."""
+    diff = np.abs(a - b)
+    if precision == "float32":
+        assert diff.max() <= 1e-6, diff.max()
+    else:
+        assert diff.max() <= 2e-3 and np.mean(diff > 1e-6) < 1e-3, (diff.max(), np.mean(diff > 1e-6))
+    same_rank = np.argsort(a, axis=1, kind="stable") == np.argsort(b, axis=1, kind="stable")
+    assert same_rank.mean() >= 0.999, same_rank.mean()
+
+
 @pytest.mark.parametrize("precision", ["float16", "float32"])
 def test_equals_dense_reference(qg: tuple[np.ndarray, np.ndarray], precision: str) -> None:
     q, g = qg
     fast = k_reciprocal_rerank(q, g, block_size=96, precision=precision)
     ref = rerank_dense_from_features(q, g, precision=precision)
     assert fast.shape == (len(q), len(g)) and fast.dtype == np.float32
-    # same bits on this BLAS; a few ulps of float32 distances may move a float16 rounding on another
-    assert np.abs(fast - ref).max() <= 2e-3 and np.mean(fast != ref) < 1e-3
+    _agree_up_to_gemm_rounding(fast, ref, precision)
     # re-ranking actually moved things: not just lambda x original distance
     assert np.abs(ref - 0.3 * ref.max()).max() > 0.1
 
@@ -144,7 +158,13 @@ def test_torch_input_and_chunking_do_not_change_numbers(qg: tuple[np.ndarray, np
     a = k_reciprocal_rerank(torch.from_numpy(q), torch.from_numpy(g), block_size=1000)
     b = k_reciprocal_rerank(q, g, block_size=37)
     assert isinstance(a, np.ndarray)
-    np.testing.assert_array_equal(a, b)
+    _agree_up_to_gemm_rounding(a, b, "float16")
+    # exact features: every product is exact, so the block size cannot change a bit
+    x, _ = dyadic_cross_modal(12, 10, seed=4)
+    exact = [k_reciprocal_rerank(torch.from_numpy(x[:120]), torch.from_numpy(x[120:]), block_size=1000),
+             k_reciprocal_rerank(x[:120], x[120:], block_size=37), k_reciprocal_rerank(x[:120], x[120:], block_size=7)]
+    np.testing.assert_array_equal(exact[0], exact[1])
+    np.testing.assert_array_equal(exact[0], exact[2])
 
 
 def test_torch_gemm_blocks_agree_with_numpy() -> None:
