@@ -24,7 +24,7 @@ import yaml
 
 from vireid.data.datasets import DATASETS
 from vireid.errors import ConfigError
-from vireid.methods.registry import MethodSettings, get_method
+from vireid.methods.registry import MethodSettings, MethodSpec, get_method
 from vireid.models import BACKBONES
 from vireid.settings import (
     AugmentConfig,
@@ -64,22 +64,22 @@ class Config:
         check(self.model.arch in BACKBONES, "model.arch", self.model.arch,
               f"a registered backbone ({', '.join(sorted(BACKBONES))})")
         spec = get_method(self.method.name)
-        default = AugmentConfig()
-        for f in dataclasses.fields(AugmentConfig):
-            if f.name not in spec.augment_keys and getattr(self.augment, f.name) != getattr(default, f.name):
-                raise ConfigError(f"augment.{f.name}={getattr(self.augment, f.name)!r} is not used by method "
-                                  f"{spec.name} (it reads augment.{', augment.'.join(sorted(spec.augment_keys))}); "
-                                  "remove it from the config")
-        if spec.model_keys is not None:
-            default_model = ModelConfig()
-            for f in dataclasses.fields(ModelConfig):
-                if f.name not in spec.model_keys and getattr(self.model, f.name) != getattr(default_model, f.name):
-                    raise ConfigError(f"model.{f.name}={getattr(self.model, f.name)!r} is not used by method "
-                                      f"{spec.name} (it reads model.{', model.'.join(sorted(spec.model_keys))}); "
+        for section, keys in _read_keys(spec):
+            value, default = getattr(self, section), type(getattr(self, section))()
+            for f in dataclasses.fields(value):
+                if f.name not in keys and getattr(value, f.name) != getattr(default, f.name):
+                    raise ConfigError(f"{section}.{f.name}={getattr(value, f.name)!r} is not used by method "
+                                      f"{spec.name} (it reads {section}.{f', {section}.'.join(sorted(keys))}); "
                                       "remove it from the config")
         if not spec.uses_sampler and self.sampler != SamplerConfig():
             raise ConfigError(f"the sampler section is not used by method {spec.name} (it draws its own batches); "
                               "remove it from the config")
+
+
+def _read_keys(spec: MethodSpec) -> list[tuple[str, frozenset[str]]]:
+    """(section, the keys of it the method reads) for every section whose unread knobs are refused."""
+    return [(section, keys) for section, keys in (("augment", spec.augment_keys), ("model", spec.model_keys))
+            if keys is not None]
 
 
 def without_unread_keys(data: dict[str, Any]) -> dict[str, Any]:
@@ -98,8 +98,8 @@ def without_unread_keys(data: dict[str, Any]) -> dict[str, Any]:
     except ConfigError:
         return data  # the normal validation names the unknown method
     out = dict(data)
-    for section, keys in (("augment", spec.augment_keys), ("model", spec.model_keys)):
-        if keys is not None and isinstance(out.get(section), dict):
+    for section, keys in _read_keys(spec):
+        if isinstance(out.get(section), dict):
             out[section] = {k: v for k, v in out[section].items() if k in keys}
     return out
 
