@@ -451,6 +451,47 @@ def test_local_weights_land_in_both_stems_and_shared_layers(tmp_path, fmt):
     assert model.backbone.shared.layer4[0].conv1.stride == (1, 1)
 
 
+def test_a_one_stream_vireid_run_seeds_both_streams_of_a_new_model(tmp_path):
+    # an AML-like run (one stream) as the start of a two-stream model (ADCA, AGW): its backbone goes into both stems
+    # and the shared stages, exactly as ImageNet weights would; pooling, neck and classifier keep their own init
+    torch.manual_seed(7)
+    source = build_model("resnet18_half", num_classes=5, pretrained="none", specific_stages=-1, non_local=False,
+                         gem_learnable=True)
+    with torch.no_grad():
+        for mod in source.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-1, 1)
+                mod.bias.uniform_(-1, 1)
+        source.neck.bn.weight.fill_(3.0)
+    path = tmp_path / "last.pt"
+    torch.save({"format": "vireid-checkpoint", "model": source.state_dict(), "meta": {"method": "aml"}}, path)
+    model = build_model("resnet18_half", num_classes=0, pretrained=path, specific_stages=0, non_local=False)
+    theirs, ours = source.state_dict(), model.state_dict()
+    checked = 0
+    for key, value in theirs.items():
+        if not key.startswith("backbone.shared."):
+            continue
+        tv_key = key[len("backbone.shared."):]
+        for target in _tv_key_targets(tv_key, ()):
+            assert torch.equal(ours[target], value), target
+            checked += 1
+    assert checked == len(model.pretrained_report.loaded) + sum(
+        1 for k in model.pretrained_report.loaded if k.startswith(("conv1", "bn1")))
+    assert "vireid model" in model.pretrained_report.source
+    torch.testing.assert_close(model.neck.bn.weight.detach(), torch.ones(256))  # not the source's 3.0
+
+
+def test_a_two_stream_vireid_run_is_refused_as_a_start(tmp_path):
+    source = build_model("resnet18_half", num_classes=5, pretrained="none", specific_stages=0, non_local=False)
+    path = tmp_path / "agw_last.pt"
+    torch.save({"model": source.state_dict()}, path)
+    with pytest.raises(CheckpointError) as err:
+        build_model("resnet18_half", pretrained=path, specific_stages=-1)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg
+    assert "modality-specific stages (infrared, visible)" in msg and "specific_stages: -1" in msg
+
+
 def test_weights_file_with_wrong_keys_names_them(tmp_path):
     state = resnet18_half_random().state_dict()
     extra = dict(state, **{"layer5.0.conv1.weight": torch.zeros(1)})

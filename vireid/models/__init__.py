@@ -44,6 +44,7 @@ from vireid.models.weights import (
     fetch_imagenet_state_dict,
     load_torchvision_state_dict,
     read_state_dict_file,
+    torchvision_state_of_vireid_model,
 )
 
 __all__ = [
@@ -239,7 +240,8 @@ def build_model(
         arch: a name in :data:`BACKBONES` (``resnet50``, ``resnet18``, ``resnet18_half``).
         num_classes: identities of the classifier; 0 = no classifier (feature extractor only).
         pretrained: ``"imagenet"`` (torchvision weights API; raises CheckpointError offline), ``"none"``/None
-            (random init), or a path to a local torchvision-format ``.pth``/``.safetensors`` state dict. Weights go
+            (random init), a path to a local torchvision-format ``.pth``/``.safetensors`` state dict, or a vireid
+            checkpoint (or model state dict) with a one-stream backbone (``specific_stages=-1``). Weights go
             into both modality streams and the shared stages; non-local blocks, neck and classifier keep their init.
         specific_stages: 0 = modality-specific stem only (AGW); k = stem + layer1..k (0..4); -1 = one stream for
             both modalities (AML / fast-reid).
@@ -310,4 +312,7 @@ def _load_pretrained(
         path = Path(pretrained)
         state = read_state_dict_file(path)
         source = str(path)
+        backbone = torchvision_state_of_vireid_model(state, source)
+        if backbone is not None:
+            state, source = backbone, f"{path} (the backbone of a vireid model)"
     return load_torchvision_state_dict(template, state, source, arch)

@@ -1,6 +1,8 @@
-"""Pretrained backbone weights: ImageNet through torchvision's weights API, or a local torchvision-format file.
+"""Pretrained backbone weights: ImageNet through torchvision's weights API, a local torchvision-format file, or the
+backbone of another vireid run (its ``last.pt`` / ``best.pt``, or the model state dict it holds) when that backbone
+is one stream (``model.specific_stages: -1``, as AML's).
 
-Both routes produce a torchvision ResNet state dict, which is checked key by key against a freshly built
+All routes produce a torchvision ResNet state dict, which is checked key by key against a freshly built
 torchvision network of the chosen architecture and loaded into it; :class:`~vireid.models.backbones.TwoStreamResNet`
 then copies that network into both modality streams and the shared stages. ImageNet's ``fc.*`` (the 1000-class
 classifier) is ignored; non-local blocks, neck and classifier keep their own initialisation.
@@ -21,7 +23,8 @@ from torchvision.models._api import WeightsEnum
 
 from vireid.errors import CheckpointError
 
-__all__ = ["LoadReport", "fetch_imagenet_state_dict", "read_state_dict_file", "load_torchvision_state_dict"]
+__all__ = ["LoadReport", "fetch_imagenet_state_dict", "read_state_dict_file", "load_torchvision_state_dict",
+           "torchvision_state_of_vireid_model"]
 
 # Keys a torchvision ResNet state dict may carry that the backbone does not use.
 IGNORED_PREFIXES = ("fc.",)
@@ -101,6 +104,30 @@ def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: expected a state dict (a mapping from parameter names to tensors), "
                               f"got {type(obj).__name__}; pass torchvision-format ResNet weights")
     return dict(obj)
+
+
+def torchvision_state_of_vireid_model(state: Mapping[str, torch.Tensor], source: str
+                                       ) -> dict[str, torch.Tensor] | None:
+    """The torchvision-layout backbone of a vireid model state dict (keys ``backbone.shared.*``), or None when
+    ``state`` is not one (no ``backbone.*`` key). Pooling, neck and classifier are left out: they keep their own
+    initialisation in the new model, as with ImageNet weights.
+
+    Raises:
+        CheckpointError: the backbone has modality-specific stages (``backbone.visible.*`` / ``backbone.infrared.*``),
+            which one torchvision network cannot hold.
+    """
+    streams = sorted({k.split(".")[1] for k in state if k.startswith("backbone.") and k.count(".") >= 2})
+    if not streams:
+        return None
+    if streams != ["shared"]:
+        specific = ", ".join(s for s in streams if s != "shared")
+        raise CheckpointError(
+            f"{source}: a vireid model whose backbone has modality-specific stages ({specific}); model.pretrained "
+            f"takes a one-stream backbone (a run with model.specific_stages: -1, e.g. AML), ImageNet weights or a "
+            f"torchvision-format file"
+        )
+    prefix = "backbone.shared."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def load_torchvision_state_dict(
