@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -508,3 +509,10 @@ def test_msclnet_defaults_are_the_papers_erasing_and_affine_in() -> None:
     erasing = [op for op in method.transform.ops if type(op).__name__ == "RandomErasing"]
     assert erasing and erasing[0].p == pytest.approx(0.8) and erasing[0].area == (0.2, 0.8)  # paper Sec. 4.2
     assert isinstance(method.instance_norm.gamma, nn.Parameter)
+    # ... and the recipes' settings carry the affine IN of Eq. 1 (not only the module's default)
+    from vireid.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    for recipe in ("sysu", "regdb"):
+        assert load_config(root / "configs" / "msclnet" / f"{recipe}.yaml").method.instance_norm_affine is True
+    assert msc.MSCLNetSettings().instance_norm_affine is True
