@@ -164,6 +164,7 @@ from vireid.methods.adca import (  # noqa: E402
     ADCASettings,
     DualPseudoLabelSampler,
     cma_association,
+    oracle_cma,
 )
 from vireid.methods.base import Batch  # noqa: E402
 
@@ -299,6 +300,24 @@ def test_association_for_diagnostics_follows_the_cma_pairs() -> None:
     assert cma_association(lr, li, None).labels_rgb.tolist() == [2, 3, 4, -1, 3]
 
 
+def test_oracle_cma_pairs_true_ids_and_scores_them_by_hand() -> None:
+    # RGB: id 7 at (1, 0) twice, id 9 at (0, 1); IR: id 9 at (0, 1), id 7 at (1, 0), id 8 at (0.6, 0.8)
+    # votes (cosine >= 0.5): rgb 7 -> ir 7: 2 x 1.0, rgb 7 -> ir 8: 2 x 0.6, rgb 9 -> ir 9: 1 x 1.0, rgb 9 -> ir 8:
+    # 1 x 0.8. Greedy by votes, then best similarity: (7, 7) [2, 1.0], (7, 8) skipped, (9, 9) [1, 1.0], (9, 8)
+    # skipped -> 2 pairs, both right.
+    f_rgb = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
+    f_ir = np.array([[0, 1], [1, 0], [0.6, 0.8]], np.float32)
+    t_rgb, t_ir = np.array([7, 7, 9]), np.array([9, 7, 8])
+    assert oracle_cma(f_rgb, f_ir, t_rgb, t_ir) == {"oracle_cma_pairs": 2.0, "oracle_cma_precision": 1.0}
+    # IR ids 7 and 9 swap places: rgb 7 -> ir 9 [2, 1.0], (rgb 7 -> ir 8 [2, 0.6] skipped), rgb 9 -> ir 7 [1, 1.0],
+    # (rgb 9 -> ir 8 [1, 0.8] skipped) -> 2 pairs, both wrong
+    f_ir_swapped = np.array([[1, 0], [0, 1], [0.6, 0.8]], np.float32)
+    assert oracle_cma(f_rgb, f_ir_swapped, t_rgb, t_ir) == {"oracle_cma_pairs": 2.0, "oracle_cma_precision": 0.0}
+    # nothing reaches the threshold: no pair, precision undefined
+    out = oracle_cma(f_rgb, f_ir, t_rgb, t_ir, threshold=1.5)
+    assert out["oracle_cma_pairs"] == 0.0 and math.isnan(out["oracle_cma_precision"])
+
+
 def _grouped(centres: np.ndarray, per: int, rng: np.random.Generator) -> np.ndarray:
     x = np.repeat(centres, per, axis=0) + 0.01 * rng.standard_normal((len(centres) * per, centres.shape[1]))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -347,6 +366,7 @@ def test_reclusterer_memories_cma_and_resume_by_hand() -> None:
     (row,) = rows
     assert (row["kind"], row["phase"], row["epoch"], row["global_step"]) == ("cluster", "stage2", 0, 7)
     assert (row["cma_pairs"], row["match_precision"], row["ari_rgb"], row["ari_ir"]) == (3.0, 1.0, 1.0, 1.0)
+    assert (row["oracle_cma_pairs"], row["oracle_cma_precision"]) == (3.0, 1.0)
     # resumed in the same epoch: the saved labels and memories are used, nothing is re-extracted
     before = mem.rgb.memory.clone()
     hook(0)
