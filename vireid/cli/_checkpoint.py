@@ -1,4 +1,4 @@
-"""Command-line options shared by the commands that load a checkpoint of any format (extract, search)."""
+"""Command-line options shared by the commands that load a checkpoint of any format (extract, search, export)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,24 @@ import argparse
 from typing import Any
 
 
-def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+def add_checkpoint_source_options(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint-format``, ``--arch``, ``--size``: which file format, and what a foreign file cannot say."""
     parser.add_argument("--checkpoint-format", choices=("vireid", "agw", "fastreid"), default="vireid",
                         help="vireid (default), agw (AGW/CAJ {'net': ...}) or fastreid (AML model1); "
                              "see docs/checkpoints.md")
-    add_arch_option(parser)
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="input size (default: the checkpoint's config; agw 288 144, fastreid 384 128)")
-    parser.add_argument("--flip", choices=("on", "off"), default=None,
-                        help="flip-averaged features (default: the checkpoint's config; agw off, fastreid on)")
-
-
-def add_arch_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default=None, metavar="NAME",
                         help="backbone of an agw/fastreid checkpoint (resnet50, resnet18, ...; default: inferred "
                              "from its tensors)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="input size (default: the checkpoint's config; agw 288 144, fastreid 384 128)")
+
+
+def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    """The source options and ``--flip on|off`` (extract, search; export's ``--flip`` builds the average into its
+    graph and is its own)."""
+    add_checkpoint_source_options(parser)
+    parser.add_argument("--flip", choices=("on", "off"), default=None,
+                        help="flip-averaged features (default: the checkpoint's config; agw off, fastreid on)")
 
 
 def checkpoint_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from vireid.cli._checkpoint import add_arch_option
+from vireid.cli._checkpoint import add_checkpoint_source_options
 
 NAME = "export"
 HELP = "Export a checkpoint's feature extractor to ONNX (verified with onnxruntime)."
@@ -45,11 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the config's eval.feature)")
     parser.add_argument("--flip", action="store_true",
                         help="average the features of the image and its mirror image inside the graph")
-    parser.add_argument("--checkpoint-format", choices=("vireid", "agw", "fastreid"), default="vireid",
-                        help="vireid (default), agw = AGW/CAJ {'net': ...} file, fastreid = AML/fast-reid file")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="input size (default: the checkpoint's config; agw 288 144, fastreid 384 128)")
-    add_arch_option(parser)
+    add_checkpoint_source_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
