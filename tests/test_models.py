@@ -481,7 +481,7 @@ def test_a_one_stream_vireid_run_seeds_both_streams_of_a_new_model(tmp_path):
     torch.testing.assert_close(model.neck.bn.weight.detach(), torch.ones(256))  # not the source's 3.0
 
 
-def test_a_two_stream_vireid_run_is_refused_as_a_start(tmp_path):
+def test_a_two_stream_or_non_local_vireid_run_is_refused_as_a_start(tmp_path):
     source = build_model("resnet18_half", num_classes=5, pretrained="none", specific_stages=0, non_local=False)
     path = tmp_path / "agw_last.pt"
     torch.save({"model": source.state_dict()}, path)
@@ -490,6 +490,14 @@ def test_a_two_stream_vireid_run_is_refused_as_a_start(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg
     assert "modality-specific stages (infrared, visible)" in msg and "specific_stages: -1" in msg
+    # one stream, but with non-local blocks: refused rather than dropped
+    source = build_model("resnet18_half", num_classes=5, pretrained="none", specific_stages=-1, non_local=True)
+    torch.save({"model": source.state_dict()}, path)
+    with pytest.raises(CheckpointError) as err:
+        build_model("resnet18_half", pretrained=path, specific_stages=0, non_local=True)
+    msg = str(err.value)
+    assert "\n" not in msg and "model.non_local: false" in msg
+    assert "non-local blocks (26 tensors, e.g. backbone.shared.layer2.non_local." in msg
 
 
 def test_weights_file_with_wrong_keys_names_them(tmp_path):

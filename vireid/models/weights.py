@@ -114,7 +114,7 @@ def torchvision_state_of_vireid_model(state: Mapping[str, torch.Tensor], source:
 
     Raises:
         CheckpointError: the backbone has modality-specific stages (``backbone.visible.*`` / ``backbone.infrared.*``),
-            which one torchvision network cannot hold.
+            which one torchvision network cannot hold, or non-local blocks, which it would drop.
     """
     streams = sorted({k.split(".")[1] for k in state if k.startswith("backbone.") and k.count(".") >= 2})
     if not streams:
@@ -125,6 +125,13 @@ def torchvision_state_of_vireid_model(state: Mapping[str, torch.Tensor], source:
             f"{source}: a vireid model whose backbone has modality-specific stages ({specific}); model.pretrained "
             f"takes a one-stream backbone (a run with model.specific_stages: -1, e.g. AML), ImageNet weights or a "
             f"torchvision-format file"
+        )
+    non_local = sorted(k for k in state if ".non_local." in k)
+    if non_local:
+        raise CheckpointError(
+            f"{source}: a vireid model whose backbone has non-local blocks ({len(non_local)} tensors, e.g. "
+            f"{non_local[0]}); model.pretrained "
+            f"carries over the ResNet stages only, and would drop them: start from a run with model.non_local: false"
         )
     prefix = "backbone.shared."
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
