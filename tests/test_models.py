@@ -414,16 +414,21 @@ def _tv_key_targets(key: str, specific: tuple[str, ...]) -> list[str]:
     return [f"backbone.shared.{key}"]
 
 
-@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
-def test_local_weights_land_in_both_stems_and_shared_layers(tmp_path, fmt):
-    torch.manual_seed(123)
-    tv = torchvision.models.resnet18(weights=None)
-    with torch.no_grad():  # make BN buffers non-trivial so that they are checked too
-        for mod in tv.modules():
+def _nontrivial_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Random BatchNorm2d running statistics and biases, so that loading them is checked too (not just defaults)."""
+    with torch.no_grad():
+        for mod in model.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.uniform_(-1, 1)
                 mod.running_var.uniform_(0.5, 2)
                 mod.bias.uniform_(-1, 1)
+    return model
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_local_weights_land_in_both_stems_and_shared_layers(tmp_path, fmt):
+    torch.manual_seed(123)
+    tv = _nontrivial_batchnorm(torchvision.models.resnet18(weights=None))
     state = tv.state_dict()
     path = tmp_path / f"resnet18.{fmt}"
     if fmt == "pth":
@@ -457,11 +462,8 @@ def test_a_one_stream_vireid_run_seeds_both_streams_of_a_new_model(tmp_path):
     torch.manual_seed(7)
     source = build_model("resnet18_half", num_classes=5, pretrained="none", specific_stages=-1, non_local=False,
                          gem_learnable=True)
+    _nontrivial_batchnorm(source)
     with torch.no_grad():
-        for mod in source.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-1, 1)
-                mod.bias.uniform_(-1, 1)
         source.neck.bn.weight.fill_(3.0)
     path = tmp_path / "last.pt"
     torch.save({"format": "vireid-checkpoint", "model": source.state_dict(), "meta": {"method": "aml"}}, path)

@@ -307,13 +307,11 @@ class ADCAReclusterer:
         lr, li = labels
         (_, c_rgb), (_, c_ir) = cluster_centroids(f_rgb, lr), cluster_centroids(f_ir, li)
         match = cma_match(f_rgb, f_ir, lr, li, s.cma_threshold) if self.cma else None
-        truth = self.truth
-        diag = clustering_diagnostics(cma_association(lr, li, match), None if truth is None else truth[self.rgb],
-                                      None if truth is None else truth[self.ir])
-        diag = {k: float(v) for k, v in diag.items()}
+        t_rgb, t_ir = (None, None) if self.truth is None else (self.truth[self.rgb], self.truth[self.ir])
+        diag = {k: float(v) for k, v in clustering_diagnostics(cma_association(lr, li, match), t_rgb, t_ir).items()}
         diag["cma_pairs"] = float(len(match)) if match is not None else 0.0
-        if truth is not None:
-            diag.update(oracle_cma(f_rgb, f_ir, truth[self.rgb], truth[self.ir], s.cma_threshold))
+        if t_rgb is not None and t_ir is not None:
+            diag.update(oracle_cma(f_rgb, f_ir, t_rgb, t_ir, s.cma_threshold))
         return lr, li, torch.from_numpy(c_rgb), torch.from_numpy(c_ir), match, diag
 
 

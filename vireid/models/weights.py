@@ -130,8 +130,8 @@ def torchvision_state_of_vireid_model(state: Mapping[str, torch.Tensor], source:
     if non_local:
         raise CheckpointError(
             f"{source}: a vireid model whose backbone has non-local blocks ({len(non_local)} tensors, e.g. "
-            f"{non_local[0]}); model.pretrained "
-            f"carries over the ResNet stages only, and would drop them: start from a run with model.non_local: false"
+            f"{non_local[0]}); model.pretrained carries over the ResNet stages only, and would drop them: start "
+            f"from a run with model.non_local: false"
         )
     prefix = "backbone.shared."
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
